@@ -66,9 +66,11 @@ def configure(level: str = "info", json: bool | None = None, stream: Any = None)
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:
-    """A structlog logger; ``name`` becomes the ``logger`` key."""
+    """A structlog logger; ``name`` becomes the ``component`` key."""
     if name:
-        initial["logger"] = name
+        initial["component"] = name
+    # Initial values stay lazy: the logger picks up configure() even when it
+    # was created at import time, before configure() ran.
     return structlog.get_logger(**initial)
 
 
