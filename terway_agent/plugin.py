@@ -22,8 +22,8 @@ from terway_agent.errors import (
 )
 from terway_agent.hookspecs import hookimpl
 from terway_agent.types import (
-    KNOWN_CAPABILITIES,
     CNIIP,
+    KNOWN_CAPABILITIES,
     Allocation,
     Attachment,
     Bandwidth,

@@ -107,6 +107,7 @@ class Agent:
         }
         self._missing_netns: dict[tuple[str, str], int] = {}
         self._ran_recorded = False
+        self._fingerprint: tuple[Any, ...] = ()
 
     # -- public --------------------------------------------------------------------
 
@@ -159,6 +160,8 @@ class Agent:
             self._lock_fd = None
 
     def _load(self) -> AgentConfig:
+        # Fingerprint first: a change made while we read is seen by the next check.
+        self._fingerprint = self.sources.fingerprint(self.settings.node_labels)
         cfg, warnings = build_config(self.settings, self.sources.read())
         for w in warnings:
             log.warning("config.warning", problem=w)
@@ -355,15 +358,10 @@ class Agent:
                 return
 
     async def _reload_loop(self) -> None:
-        assert self.holder is not None
-        fp = self.sources.fingerprint(self.config.labels)
         while True:
             await trio.sleep(self.settings.reload_interval)
-            new_fp = self.sources.fingerprint(self.config.labels)
-            if new_fp == fp:
-                continue
-            fp = new_fp
-            self.apply_reload()
+            if self.sources.fingerprint(self.settings.node_labels) != self._fingerprint:
+                self.apply_reload()
 
     def apply_reload(self) -> None:
         """Re-read the configuration files; apply what can change live."""

@@ -6,8 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 import trio
+import trio.lowlevel
 
-from terway_agent._hosting import ModeNotInstalled, PluginHost, PluginValidationError, describe_installed, installed
+from terway_agent._hosting import (
+    ModeNotInstalled,
+    PluginHost,
+    PluginValidationError,
+    describe_installed,
+    installed,
+)
 from terway_agent.errors import ModeNotImplemented
 from terway_agent.plugin import (
     Allocation,
@@ -40,7 +47,7 @@ class FullMode:
     @hookimpl
     async def terway_allocate(self, ctx, request):
         self.calls.append("allocate")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return Allocation(kind="local", ipv4=IPAssignment("10.0.0.2", 32))
 
     @hookimpl

@@ -1,0 +1,56 @@
+"""The example mode with delays and an exclusivity chosen by environment
+variables, so tests can kill the agent in the middle of a step.
+
+TW_SLOW_ALLOCATE / TW_SLOW_SETUP / TW_SLOW_START: seconds to sleep inside the hook.
+TW_EXCLUSIVITY: "shared" (default) or "exclusive".
+TW_MODE_NAME: the mode name (default "example").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import trio
+
+import terway_mode_example as base
+from terway_agent.plugin import hookimpl
+
+
+def _delay(name: str) -> float:
+    return float(os.environ.get(name, "0") or 0)
+
+
+@hookimpl
+def terway_mode_info():
+    info = base.terway_mode_info()
+    return dataclasses.replace(
+        info,
+        name=os.environ.get("TW_MODE_NAME", info.name),
+        exclusivity=os.environ.get("TW_EXCLUSIVITY", "shared"),
+    )
+
+
+terway_validate_config = base.terway_validate_config
+terway_release = base.terway_release
+terway_teardown_link = base.terway_teardown_link
+terway_check_link = base.terway_check_link
+terway_gc = base.terway_gc
+
+
+@hookimpl
+async def terway_start(ctx, nursery):
+    await trio.sleep(_delay("TW_SLOW_START"))
+
+
+@hookimpl
+async def terway_allocate(ctx, request):
+    alloc = await base.terway_allocate(ctx, request)
+    await trio.sleep(_delay("TW_SLOW_ALLOCATE"))
+    return alloc
+
+
+@hookimpl
+async def terway_setup_link(ctx, request, allocation):
+    await trio.sleep(_delay("TW_SLOW_SETUP"))
+    return await base.terway_setup_link(ctx, request, allocation)
