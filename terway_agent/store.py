@@ -21,6 +21,7 @@ All methods are synchronous and thread-safe; async code calls them through
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -283,8 +284,10 @@ class Store:
         An owner already holding an address in ``pool`` gets it again
         (idempotent after a crash).  Addresses released less than ``cooldown``
         seconds ago and addresses held for another pod are skipped; an address
-        held for ``pod`` (sticky) wins, then ``prefer``.  Returns ``None`` when
-        no candidate is free.
+        of the pool held for ``pod`` (sticky) wins, then ``prefer`` (which must
+        belong to the pool).  ``candidates`` is consumed lazily, so a generator
+        over a large subnet costs only as much as it is read.  Returns ``None``
+        when no candidate is free.
         """
         now = self._clock()
         with self.transaction() as db:
@@ -307,11 +310,12 @@ class Store:
                     return True
                 return r["released_at"] is None or now - r["released_at"] >= cooldown
 
-            cands = list(candidates)
-            sticky = [a for a, r in taken.items() if pod and r["owner"] is None and r["hold_for"] == pod
-                      and r["hold_until"] is not None and r["hold_until"] > now and a in cands]
-            order = sticky + ([prefer] if prefer in cands else []) + cands
-            for addr in order:
+            sticky = [
+                a for a, r in taken.items()
+                if pod and r["owner"] is None and r["hold_for"] == pod and r["hold_until"] is not None and r["hold_until"] > now
+            ]
+            preferred = [prefer] if prefer else []
+            for addr in itertools.chain(sticky, preferred, candidates):
                 if usable(addr):
                     db.execute(
                         "INSERT INTO leases (pool, address, owner, pod) VALUES (?,?,?,?) ON CONFLICT(pool, address) DO UPDATE"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import itertools
 from collections.abc import Sequence
 
 from pyroute2 import IPRoute
@@ -93,7 +94,7 @@ def terway_validate_config(config, mode: str) -> list[str]:
 @hookimpl
 async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
     net = _subnet(ctx)
-    hosts = [str(h) for h in list(net.hosts())[1:]]  # the first host is kept for the node
+    hosts = (str(h) for h in itertools.islice(net.hosts(), 1, None))  # the first host is kept for the node
     pool = f"example:{net}"
     cooldown = ctx.config.eni.ip_reuse_cooldown
     address = await ctx.store.acall(
@@ -110,11 +111,22 @@ async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allo
     await ctx.store.acall(ctx.store.release_lease, pool, _owner(request))
 
 
+def _link(ipr: IPRoute, name: str):
+    """The link named ``name``, or None.  One RTM_GETLINK by name: never a dump,
+    which costs O(links on the node) in Python."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
 def _setup(ns_path: str, ifname: str, host_if: str, address: str, mtu: int) -> tuple[str, str]:
     with IPRoute() as ipr:
-        stale = ipr.link_lookup(ifname=host_if)
-        if stale:  # a retried ADD after a crash: start from scratch
-            ipr.link("del", index=stale[0])
+        stale = _link(ipr, host_if)
+        if stale is not None:  # a retried ADD after a crash: start from scratch
+            ipr.link("del", index=stale["index"])
         import os
 
         fd = os.open(netns.netns_path(ns_path), os.O_RDONLY | os.O_CLOEXEC)
@@ -126,16 +138,14 @@ def _setup(ns_path: str, ifname: str, host_if: str, address: str, mtu: int) -> t
             raise DatapathError(f"creating veth {host_if}: {exc}", device=host_if, errno=exc.code) from None
         finally:
             os.close(fd)
-        idx = ipr.link_lookup(ifname=host_if)[0]
-        host_mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        host = _link(ipr, host_if)
+        idx, host_mac = host["index"], host.get_attr("IFLA_ADDRESS")
         ipr.link("set", index=idx, state="up")
         ipr.route("replace", dst=f"{address}/32", oif=idx, scope="link")
     with netns.enter(ns_path), IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        pod_mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
+        pod = _link(ipr, ifname)
+        idx, pod_mac = pod["index"], pod.get_attr("IFLA_ADDRESS")
+        ipr.link("set", index=1, state="up")  # lo is always ifindex 1
         ipr.link("set", index=idx, state="up")
         ipr.addr("add", index=idx, address=address, prefixlen=32)
         ipr.neigh("replace", dst=GATEWAY, lladdr=host_mac, ifindex=idx, state="permanent")
@@ -163,11 +173,8 @@ async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: A
 
 def _delete_link(name: str) -> None:
     with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=name)
-        if not idx:
-            return
         try:
-            ipr.link("del", index=idx[0])
+            ipr.link("del", ifname=name)
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise DatapathError(f"deleting {name}: {exc}", device=name, errno=exc.code) from None
@@ -182,15 +189,15 @@ async def terway_teardown_link(ctx: ModeContext, request: PodRequest, allocation
 def _check(ns_path: str, ifname: str, host_if: str, address: str) -> list[str]:
     problems = []
     with IPRoute() as ipr:
-        if not ipr.link_lookup(ifname=host_if):
+        if _link(ipr, host_if) is None:
             problems.append(f"host veth {host_if} is missing")
     if not netns.exists(ns_path):
         return problems + [f"network namespace {ns_path} is gone"]
     with netns.enter(ns_path), IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
+        link = _link(ipr, ifname)
+        if link is None:
             return problems + [f"{ifname} is missing in {ns_path}"]
-        addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0])}
+        addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=link["index"])}
         if address not in addrs:
             problems.append(f"{ifname} lacks address {address}")
         if not any(r.get_attr("RTA_GATEWAY") == GATEWAY for r in ipr.get_routes(family=2, table=254)):
