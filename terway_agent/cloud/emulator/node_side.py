@@ -27,7 +27,7 @@ from typing import Protocol
 class VSwitchNet:
     vswitch_id: str
     cidr4: str  # "192.168.32.0/19"
-    gateway4: str  # first usable host, "192.168.32.253" on the real cloud; see docs/cloud.md
+    gateway4: str  # broadcast - 2 on Alibaba Cloud: "192.168.63.253" for 192.168.32.0/19; see docs/cloud.md
     cidr6: str | None = None
     gateway6: str | None = None
 
