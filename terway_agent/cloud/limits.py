@@ -1,0 +1,279 @@
+"""Instance-type limits and the pod limit of every mode (seed 003).
+
+=====================  ==================================================  ==================
+mode                   pod limit                                           node must have
+=====================  ==================================================  ==================
+``shared``             (EniQuantity - 1) x EniPrivateIpAddressQuantity     > 11
+``trunk`` (members)    EniTotalQuantity - EniQuantity (0 without trunk)    > 0
+``exclusive``          EniQuantity - 1                                     > 6
+=====================  ==================================================  ==================
+
+Limits come from ``DescribeInstanceTypes`` and are cached on disk as JSON
+(``<state_dir>/instance-limits.json``, keyed by instance type) for 15 days like
+the original's in-memory cache, so a restarting agent does not call the API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from terway_agent.errors import InvalidInput, PermanentError
+from terway_agent.log import get_logger
+
+from .errors import CloudNotFound
+
+if TYPE_CHECKING:
+    from .client import CloudClient
+
+log = get_logger(__name__)
+
+CACHE_FILE = "instance-limits.json"
+CACHE_TTL = 15 * 24 * 3600.0
+_CACHE_VERSION = 1
+
+MODE_SHARED = "shared"
+MODE_TRUNK = "trunk"
+MODE_EXCLUSIVE = "exclusive"
+
+#: mode -> (formula, minimum the limit must exceed)
+POD_LIMIT_RULES: Mapping[str, tuple[str, int]] = {
+    MODE_SHARED: ("(EniQuantity - 1) x EniPrivateIpAddressQuantity", 11),
+    MODE_TRUNK: ("EniTotalQuantity - EniQuantity", 0),
+    MODE_EXCLUSIVE: ("EniQuantity - 1", 6),
+}
+
+
+class InsufficientPodCapacity(PermanentError):
+    """The node's instance type gives fewer pods than the mode needs to join."""
+
+
+@dataclass(frozen=True)
+class InstanceLimits:
+    """ENI limits of an instance type (fields of ``DescribeInstanceTypes``).
+
+    :param instance_type: ``ecs.g7.4xlarge``.
+    :param eni_quantity: ``EniQuantity``, ENIs incl. the primary one.
+    :param eni_private_ip_quantity: ``EniPrivateIpAddressQuantity``, IPv4 addresses per ENI.
+    :param eni_ipv6_quantity: ``EniIpv6AddressQuantity``, IPv6 addresses per ENI.
+    :param eni_total_quantity: ``EniTotalQuantity``, ENIs incl. trunk members.
+    :param trunk_supported: ``EniTrunkSupported``.
+    """
+
+    instance_type: str
+    eni_quantity: int
+    eni_private_ip_quantity: int
+    eni_ipv6_quantity: int
+    eni_total_quantity: int
+    trunk_supported: bool
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> InstanceLimits:
+        """From one ``InstanceTypes.InstanceType[]`` entry of ``DescribeInstanceTypes``."""
+
+        def num(key: str) -> int:
+            value = item.get(key)
+            try:
+                return max(int(value or 0), 0)
+            except (TypeError, ValueError):
+                return 0
+
+        eni = num("EniQuantity")
+        return cls(
+            instance_type=str(item.get("InstanceTypeId") or ""),
+            eni_quantity=eni,
+            eni_private_ip_quantity=num("EniPrivateIpAddressQuantity"),
+            eni_ipv6_quantity=num("EniIpv6AddressQuantity"),
+            eni_total_quantity=num("EniTotalQuantity") or eni,
+            trunk_supported=bool(item.get("EniTrunkSupported")),
+        )
+
+    # -- formulas ------------------------------------------------------------------------------
+    @property
+    def shared_pods(self) -> int:
+        """Shared-ENI pods: ``(EniQuantity - 1) x EniPrivateIpAddressQuantity``."""
+        return max(self.eni_quantity - 1, 0) * self.eni_private_ip_quantity
+
+    @property
+    def trunk_member_pods(self) -> int:
+        """Trunk member-ENI pods: ``EniTotalQuantity - EniQuantity`` (0 without trunk support)."""
+        if not self.trunk_supported:
+            return 0
+        return max(self.eni_total_quantity - self.eni_quantity, 0)
+
+    @property
+    def exclusive_pods(self) -> int:
+        """Exclusive-ENI pods: ``EniQuantity - 1``."""
+        return max(self.eni_quantity - 1, 0)
+
+    @property
+    def supports_ipv6(self) -> bool:
+        """Whether ENIs of this type can hold IPv6 addresses."""
+        return self.eni_ipv6_quantity > 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the on-disk cache entry)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InstanceLimits:
+        """Inverse of :meth:`to_json`; raises ``KeyError``/``TypeError`` on malformed data."""
+        return cls(
+            instance_type=str(data["instance_type"]),
+            eni_quantity=int(data["eni_quantity"]),
+            eni_private_ip_quantity=int(data["eni_private_ip_quantity"]),
+            eni_ipv6_quantity=int(data["eni_ipv6_quantity"]),
+            eni_total_quantity=int(data["eni_total_quantity"]),
+            trunk_supported=bool(data["trunk_supported"]),
+        )
+
+
+def pod_limit(limits: InstanceLimits, mode: str) -> int:
+    """The pod limit of ``mode`` (``shared``, ``trunk`` or ``exclusive``) for ``limits``."""
+    if mode == MODE_SHARED:
+        return limits.shared_pods
+    if mode == MODE_TRUNK:
+        return limits.trunk_member_pods
+    if mode == MODE_EXCLUSIVE:
+        return limits.exclusive_pods
+    raise InvalidInput("mode", mode, f"one of {sorted(POD_LIMIT_RULES)}")
+
+
+def require_pod_limit(limits: InstanceLimits, mode: str) -> int:
+    """:func:`pod_limit`, or :class:`InsufficientPodCapacity` when the node is below the minimum.
+
+    The error names the instance type, the numbers and the formula, e.g. ``instance type
+    ecs.t5.small supports 2 pods in shared ENI mode ((EniQuantity - 1) x
+    EniPrivateIpAddressQuantity = (2 - 1) x 2); a node needs more than 11``.
+    """
+    value = pod_limit(limits, mode)
+    formula, minimum = POD_LIMIT_RULES[mode]
+    if value > minimum:
+        return value
+    if mode == MODE_SHARED:
+        numbers = f"({limits.eni_quantity} - 1) x {limits.eni_private_ip_quantity}"
+    elif mode == MODE_TRUNK:
+        numbers = f"{limits.eni_total_quantity} - {limits.eni_quantity}"
+        if not limits.trunk_supported:
+            numbers += ", and EniTrunkSupported is false"
+    else:
+        numbers = f"{limits.eni_quantity} - 1"
+    raise InsufficientPodCapacity(
+        f"instance type {limits.instance_type} supports {value} pods in {mode} ENI mode "
+        f"({formula} = {numbers}); a node needs more than {minimum}",
+        instance_type=limits.instance_type,
+        mode=mode,
+        pod_limit=value,
+        minimum=minimum,
+        formula=formula,
+    )
+
+
+class LimitsCache:
+    """The on-disk cache of :class:`InstanceLimits` under ``state_dir``.
+
+    :param state_dir: directory of ``instance-limits.json`` (created if missing).
+    :param ttl: validity of an entry, seconds (15 days).
+    :param now: wall clock in seconds since the epoch (for tests).
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        ttl: float = CACHE_TTL,
+        now: Callable[[], float] = time.time,
+    ):
+        self.path = os.path.join(os.fspath(state_dir), CACHE_FILE)
+        self.ttl = ttl
+        self._now = now
+
+    def _load_sync(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("limits.cache.unreadable", path=self.path, error=str(exc))
+            return {}
+        if (
+            not isinstance(doc, dict)
+            or doc.get("version") != _CACHE_VERSION
+            or not isinstance(doc.get("entries"), dict)
+        ):
+            log.warning("limits.cache.unreadable", path=self.path, error="unexpected layout")
+            return {}
+        return doc["entries"]
+
+    def _store_sync(self, instance_type: str, limits: InstanceLimits) -> None:
+        entries = self._load_sync()
+        entries[instance_type] = {"fetched_at": self._now(), "limits": limits.to_json()}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"version": _CACHE_VERSION, "entries": entries}, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    async def get(self, instance_type: str) -> InstanceLimits | None:
+        """The cached limits of ``instance_type`` if present and younger than ``ttl``."""
+        entries = await trio.to_thread.run_sync(self._load_sync)
+        entry = entries.get(instance_type)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            fetched = float(entry["fetched_at"])
+            limits = InstanceLimits.from_json(entry["limits"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        age = self._now() - fetched
+        if age < 0 or age >= self.ttl:
+            return None
+        return limits
+
+    async def put(self, limits: InstanceLimits) -> None:
+        """Store ``limits`` (atomically replacing the file)."""
+        await trio.to_thread.run_sync(self._store_sync, limits.instance_type, limits)
+
+
+async def get_instance_limits(
+    client: CloudClient,
+    instance_type: str,
+    *,
+    state_dir: str | os.PathLike[str],
+    cache: LimitsCache | None = None,
+) -> InstanceLimits:
+    """Limits of ``instance_type``: from the disk cache if fresh, else ``DescribeInstanceTypes``.
+
+    :raises CloudNotFound: the API does not know the instance type.
+    """
+    cache = cache or LimitsCache(state_dir)
+    cached = await cache.get(instance_type)
+    if cached is not None:
+        return cached
+    found = await client.describe_instance_types([instance_type])
+    for item in found:
+        if item.instance_type == instance_type:
+            await cache.put(item)
+            log.info(
+                "limits.fetched",
+                instance_type=instance_type,
+                eni_quantity=item.eni_quantity,
+                eni_private_ip_quantity=item.eni_private_ip_quantity,
+                eni_total_quantity=item.eni_total_quantity,
+                trunk_supported=item.trunk_supported,
+            )
+            return item
+    raise CloudNotFound(
+        f"DescribeInstanceTypes does not know instance type {instance_type!r}",
+        api="DescribeInstanceTypes",
+        code="InvalidInstanceType.NotFound",
+    )
