@@ -17,7 +17,7 @@ import trio
 if TYPE_CHECKING:  # pragma: no cover
     from terway_agent.config import AgentConfig
     from terway_agent.store import Store
-    from terway_agent.types import InstanceQuota
+    from terway_agent.types import InstanceLimits
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ class ModeContext:
     events: EventRecorder = field(default_factory=EventRecorder)
     cloud: Any = None
     ipam: Any = None
-    quota: InstanceQuota | None = None
+    quota: InstanceLimits | None = None
     kube: Any = None
     netlink_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
 

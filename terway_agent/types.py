@@ -319,16 +319,82 @@ class Attachment(_JSONMixin):
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceQuota:
-    """The instance-type numbers pod limits are computed from (DescribeInstanceTypes)."""
+@dataclass(frozen=True)
+class InstanceLimits:
+    """ENI limits of an instance type (fields of ``DescribeInstanceTypes``); pod
+    limits are computed from them (seed 003).
+
+    :param instance_type: ``ecs.g7.4xlarge``.
+    :param eni_quantity: ``EniQuantity``, ENIs incl. the primary one.
+    :param eni_private_ip_quantity: ``EniPrivateIpAddressQuantity``, IPv4 addresses per ENI.
+    :param eni_ipv6_quantity: ``EniIpv6AddressQuantity``, IPv6 addresses per ENI.
+    :param eni_total_quantity: ``EniTotalQuantity``, ENIs incl. trunk members.
+    :param trunk_supported: ``EniTrunkSupported``.
+    """
 
     instance_type: str
     eni_quantity: int
     eni_private_ip_quantity: int
     eni_ipv6_quantity: int = 0
     eni_total_quantity: int = 0
-    eni_trunk_supported: bool = False
+    trunk_supported: bool = False
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> InstanceLimits:
+        """From one ``InstanceTypes.InstanceType[]`` entry of ``DescribeInstanceTypes``."""
+
+        def num(key: str) -> int:
+            value = item.get(key)
+            try:
+                return max(int(value or 0), 0)
+            except (TypeError, ValueError):
+                return 0
+
+        eni = num("EniQuantity")
+        return cls(
+            instance_type=str(item.get("InstanceTypeId") or ""),
+            eni_quantity=eni,
+            eni_private_ip_quantity=num("EniPrivateIpAddressQuantity"),
+            eni_ipv6_quantity=num("EniIpv6AddressQuantity"),
+            eni_total_quantity=num("EniTotalQuantity") or eni,
+            trunk_supported=bool(item.get("EniTrunkSupported")),
+        )
+
+    @property
+    def shared_pods(self) -> int:
+        """Shared-ENI pods: ``(EniQuantity - 1) x EniPrivateIpAddressQuantity``."""
+        return max(self.eni_quantity - 1, 0) * self.eni_private_ip_quantity
+
+    @property
+    def trunk_member_pods(self) -> int:
+        """Trunk member-ENI pods: ``EniTotalQuantity - EniQuantity`` (0 without trunk support)."""
+        if not self.trunk_supported:
+            return 0
+        return max(self.eni_total_quantity - self.eni_quantity, 0)
+
+    @property
+    def exclusive_pods(self) -> int:
+        """Exclusive-ENI pods: ``EniQuantity - 1``."""
+        return max(self.eni_quantity - 1, 0)
+
+    @property
+    def supports_ipv6(self) -> bool:
+        return self.eni_ipv6_quantity > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InstanceLimits:
+        """Inverse of :meth:`to_json`; raises ``KeyError``/``TypeError`` on malformed data."""
+        return cls(
+            instance_type=str(data["instance_type"]),
+            eni_quantity=int(data["eni_quantity"]),
+            eni_private_ip_quantity=int(data["eni_private_ip_quantity"]),
+            eni_ipv6_quantity=int(data["eni_ipv6_quantity"]),
+            eni_total_quantity=int(data["eni_total_quantity"]),
+            trunk_supported=bool(data["trunk_supported"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -342,7 +408,7 @@ class ModeInfo:
         when a node that ran pods switches between the two.
     :ivar capabilities: names from :data:`KNOWN_CAPABILITIES`.
     :ivar pod_limit_formula: human-readable formula (docs, ``terway-agent plugins``).
-    :ivar pod_limit: computes the node's pod limit from instance quotas.
+    :ivar pod_limit: computes the node's pod limit from the instance type's limits.
     :ivar min_pod_limit: a node must have *more* than this many pods to join.
     """
 
@@ -353,7 +419,7 @@ class ModeInfo:
     exclusivity: Literal["shared", "exclusive"] = "shared"
     capabilities: frozenset[str] = frozenset()
     pod_limit_formula: str = ""
-    pod_limit: Callable[[InstanceQuota], int] | None = None
+    pod_limit: Callable[[InstanceLimits], int] | None = None
     min_pod_limit: int = 0
     needs_cloud: bool = True
 

@@ -19,13 +19,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from terway_agent.errors import InvalidInput, PermanentError
 from terway_agent.log import get_logger
+from terway_agent.types import InstanceLimits
 
 from .errors import CloudNotFound
 
@@ -52,86 +52,6 @@ POD_LIMIT_RULES: Mapping[str, tuple[str, int]] = {
 
 class InsufficientPodCapacity(PermanentError):
     """The node's instance type gives fewer pods than the mode needs to join."""
-
-
-@dataclass(frozen=True)
-class InstanceLimits:
-    """ENI limits of an instance type (fields of ``DescribeInstanceTypes``).
-
-    :param instance_type: ``ecs.g7.4xlarge``.
-    :param eni_quantity: ``EniQuantity``, ENIs incl. the primary one.
-    :param eni_private_ip_quantity: ``EniPrivateIpAddressQuantity``, IPv4 addresses per ENI.
-    :param eni_ipv6_quantity: ``EniIpv6AddressQuantity``, IPv6 addresses per ENI.
-    :param eni_total_quantity: ``EniTotalQuantity``, ENIs incl. trunk members.
-    :param trunk_supported: ``EniTrunkSupported``.
-    """
-
-    instance_type: str
-    eni_quantity: int
-    eni_private_ip_quantity: int
-    eni_ipv6_quantity: int
-    eni_total_quantity: int
-    trunk_supported: bool
-
-    @classmethod
-    def from_api(cls, item: Mapping[str, Any]) -> InstanceLimits:
-        """From one ``InstanceTypes.InstanceType[]`` entry of ``DescribeInstanceTypes``."""
-
-        def num(key: str) -> int:
-            value = item.get(key)
-            try:
-                return max(int(value or 0), 0)
-            except (TypeError, ValueError):
-                return 0
-
-        eni = num("EniQuantity")
-        return cls(
-            instance_type=str(item.get("InstanceTypeId") or ""),
-            eni_quantity=eni,
-            eni_private_ip_quantity=num("EniPrivateIpAddressQuantity"),
-            eni_ipv6_quantity=num("EniIpv6AddressQuantity"),
-            eni_total_quantity=num("EniTotalQuantity") or eni,
-            trunk_supported=bool(item.get("EniTrunkSupported")),
-        )
-
-    # -- formulas ------------------------------------------------------------------------------
-    @property
-    def shared_pods(self) -> int:
-        """Shared-ENI pods: ``(EniQuantity - 1) x EniPrivateIpAddressQuantity``."""
-        return max(self.eni_quantity - 1, 0) * self.eni_private_ip_quantity
-
-    @property
-    def trunk_member_pods(self) -> int:
-        """Trunk member-ENI pods: ``EniTotalQuantity - EniQuantity`` (0 without trunk support)."""
-        if not self.trunk_supported:
-            return 0
-        return max(self.eni_total_quantity - self.eni_quantity, 0)
-
-    @property
-    def exclusive_pods(self) -> int:
-        """Exclusive-ENI pods: ``EniQuantity - 1``."""
-        return max(self.eni_quantity - 1, 0)
-
-    @property
-    def supports_ipv6(self) -> bool:
-        """Whether ENIs of this type can hold IPv6 addresses."""
-        return self.eni_ipv6_quantity > 0
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (the on-disk cache entry)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> InstanceLimits:
-        """Inverse of :meth:`to_json`; raises ``KeyError``/``TypeError`` on malformed data."""
-        return cls(
-            instance_type=str(data["instance_type"]),
-            eni_quantity=int(data["eni_quantity"]),
-            eni_private_ip_quantity=int(data["eni_private_ip_quantity"]),
-            eni_ipv6_quantity=int(data["eni_ipv6_quantity"]),
-            eni_total_quantity=int(data["eni_total_quantity"]),
-            trunk_supported=bool(data["trunk_supported"]),
-        )
 
 
 def pod_limit(limits: InstanceLimits, mode: str) -> int:

@@ -4,13 +4,13 @@ Registered so operators can see and select it; it does not serve pods yet
 and says so (the exclusive-eni issue).
 """
 
-from terway_agent.plugin import InstanceQuota, ModeInfo, hookimpl
+from terway_agent.plugin import InstanceLimits, ModeInfo, hookimpl
 
 __version__ = "0.1.0"
 
 
-def _pod_limit(q: InstanceQuota) -> int:
-    return q.eni_quantity - 1
+def _pod_limit(q: InstanceLimits) -> int:
+    return q.exclusive_pods
 
 
 @hookimpl
