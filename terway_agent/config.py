@@ -390,10 +390,11 @@ def parse_eni_conf(data: Any, *, source: str = "eni_conf") -> Parsed:
         raise ConfigError(f"{source}.min_eni", conf.min_eni, f"<= max_eni ({conf.max_eni})")
     if len(conf.all_security_groups) > 10:
         raise ConfigError(f"{source}.security_groups", list(conf.all_security_groups), "at most 10 security groups")
-    if conf.ip_stack in ("dual", "ipv6") and conf.service_cidr and conf.ip_stack == "dual":
+    if conf.ip_stack == "dual" and conf.service_cidr:
         fams = {ipaddress.ip_network(c).version for c in conf.service_cidr}
-        if fams == {6}:
-            warnings.append(f"{source}.service_cidr: dual stack but only IPv6 service CIDRs given")
+        if fams != {4, 6}:
+            missing = "IPv6" if 6 not in fams else "IPv4"
+            warnings.append(f"{source}.service_cidr: ip_stack is dual but no {missing} Service CIDR is given")
     if conf.access_key and not conf.access_secret:
         raise ConfigError(f"{source}.access_secret", "", "set together with access_key")
     return Parsed(conf, tuple(warnings))
