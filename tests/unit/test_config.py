@@ -69,8 +69,11 @@ def test_eni_conf_full_document_as_the_original_ships_it() -> None:
     assert conf.backoff_override == {"eni_create": {"duration": 5.0, "factor": 2.0, "steps": 3}}
     assert conf.idle_ip_reclaim_after == 1800.0
     assert conf.enable_patch_pod_ips is True
-    # "version" is not one of ours: a warning, not an error
-    assert parsed.warnings == ("eni_conf.version: unknown field, ignored",)
+    # "version" is not one of ours: a warning, not an error; so is a dual stack without an IPv6 Service CIDR
+    assert parsed.warnings == (
+        "eni_conf.version: unknown field, ignored",
+        "eni_conf.service_cidr: ip_stack is dual but no IPv6 Service CIDR is given",
+    )
 
 
 @pytest.mark.parametrize(
