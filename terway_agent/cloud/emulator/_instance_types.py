@@ -1,23 +1,52 @@
 """ECS instance types the emulator knows, with their ENI quotas.
 
-Provenance of every figure is in docs/cloud.md ("Instance types").  In short:
+Provenance of every figure is in docs/cloud.md ("Instance types"); each row
+also carries it in ``source`` (printed by ``terway-cloud-emulator
+instance-types``) and ``confirmed`` (the fields checked against a public
+source).  Status of the check:
 
-* ``ecs.g7.xlarge`` is a real DescribeInstanceTypes response (captured in a
-  public test fixture): 4 ENIs, 15 IPv4 and 15 IPv6 per ENI, 20 network
-  interfaces in total, trunking supported.
-* ``ecs.g6.large`` is the DescribeInstanceTypes example of the ECS API
-  reference: 2 ENIs, 6 IPv4 and 1 IPv6 per ENI, 2 in total, no trunking.
-* ``ecs.g7.4xlarge`` (8 ENIs x 30 IPv4) is the example of the Terway pod-limit
-  documentation.
-* The other rows follow the instance-family tables (ENIs and addresses per
-  ENI per size); ``EniTotalQuantity`` is not in those tables and is an
-  estimate for every 7th-generation row except ``ecs.g7.xlarge``.
+* ``EniQuantity`` and ``EniPrivateIpAddressQuantity`` of **every** g6/g7/c7/r7
+  row (large .. 8xlarge), and vCPUs and memory, are confirmed by the
+  instance-family tables of the Alibaba Cloud ECS documentation
+  (AlibabaCloudDocs/ecs: "General purpose instance families", "Compute
+  optimized instance families", "Memory optimized instance families",
+  "Instance families"; the ENI column counts the primary ENI).
+* ``ecs.g7.xlarge`` is a complete DescribeInstanceTypes response captured in
+  kubernetes-sigs/alibaba-cloud-csi-driver
+  ``pkg/cloud/metadata/ecs_instance_type_test.go``: 4 ENIs, 15 IPv4 and 15
+  IPv6 per ENI, EniTotalQuantity 20, trunking supported.
+* ``ecs.g6.large`` is the sample response of the DescribeInstanceTypes API
+  reference (AlibabaCloudDocs/ecs ``intl.en-US/API Reference/Instances/
+  DescribeInstanceTypes.md``): 2 ENIs, 6 IPv4 and 1 IPv6 per ENI,
+  EniTotalQuantity 2, no trunking, 1024000 kbit/s, 300000 pps.
+* ``ecs.g7.4xlarge`` 8 ENIs x 30 IPv4 is also the example of the Terway
+  pod-limit documentation.
+* NOT confirmed for any other row: ``EniIpv6AddressQuantity``,
+  ``EniTotalQuantity`` and ``EniTrunkSupported`` (these are API-only fields; no
+  public response for those sizes was found).  7th-generation rows assume
+  IPv6/ENI = IPv4/ENI and EniTotalQuantity = 5 x EniQuantity, the ratios of the
+  one captured 7th-generation response (g7.xlarge); g6 rows assume 1 IPv6 per
+  ENI and no trunking (EniTotalQuantity = EniQuantity), as the g6.large
+  response and the g6nv.8xlarge sample (8 ENIs, 20 IPv4, 1 IPv6, 8 total, no
+  trunk) show; note that an older version of the same API reference shows
+  ``ecs.g6.16xlarge`` (not in this table) with trunking and 60 in total, so
+  "no trunking" is not a family-wide fact.  Bandwidth and pps are scaled per vCPU from those two
+  responses (not confirmed, and nothing in the project depends on them).
 * ``ecs.twemu-*`` rows are synthetic, for tests.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: The ENI fields a row may have confirmed.
+_ENI_FIELDS = (
+    "EniQuantity",
+    "EniPrivateIpAddressQuantity",
+    "EniIpv6AddressQuantity",
+    "EniTotalQuantity",
+    "EniTrunkSupported",
+)
 
 
 @dataclass(frozen=True)
@@ -36,9 +65,12 @@ class InstanceType:
     category: str = "General-purpose"
     bandwidth_kbps: int = 0
     pps: int = 0
-    #: where the figures come from: "api" (captured API response), "doc"
-    #: (family table / documentation), "estimate", "synthetic".
+    #: where the figures come from, short form: "api" (a captured or documented
+    #: DescribeInstanceTypes response), "doc" (instance-family table),
+    #: "synthetic"; followed by what is not confirmed.
     source: str = "doc"
+    #: the DescribeInstanceTypes ENI fields confirmed against a public source.
+    confirmed: frozenset[str] = frozenset()
 
     def to_api(self) -> dict:
         """The DescribeInstanceTypes ``InstanceType`` item."""
@@ -67,7 +99,7 @@ class InstanceType:
         }
 
 
-_SIZES = {  # size -> vCPUs
+_SIZES = {  # size -> vCPUs (confirmed by the family tables)
     "large": 2,
     "xlarge": 4,
     "2xlarge": 8,
@@ -77,49 +109,70 @@ _SIZES = {  # size -> vCPUs
     "8xlarge": 32,
 }
 
-# 7th generation (g7/c7/r7 share the per-size ENI figures):
-# size -> (EniQuantity, IPv4 per ENI, IPv6 per ENI, EniTotalQuantity)
+# 7th generation: g7, c7 and r7 have the same per-size ENI columns in the
+# family tables (all three confirmed, size by size).
+# size -> (EniQuantity, IPv4 per ENI)   [confirmed]
 _GEN7 = {
-    "large": (3, 6, 6, 15),
-    "xlarge": (4, 15, 15, 20),
-    "2xlarge": (4, 15, 15, 20),
-    "3xlarge": (8, 15, 15, 40),
-    "4xlarge": (8, 30, 30, 40),
-    "6xlarge": (8, 30, 30, 40),
-    "8xlarge": (8, 30, 30, 40),
+    "large": (3, 6),
+    "xlarge": (4, 15),
+    "2xlarge": (4, 15),
+    "3xlarge": (8, 15),
+    "4xlarge": (8, 30),
+    "6xlarge": (8, 30),
+    "8xlarge": (8, 30),
 }
-# 6th generation g6: one IPv6 address per ENI, no trunking.
+# 6th generation g6: size -> (EniQuantity, IPv4 per ENI)   [confirmed by the g6 family table]
 _GEN6 = {
-    "large": (2, 6, 1, 2),
-    "xlarge": (3, 10, 1, 3),
-    "2xlarge": (4, 10, 1, 4),
-    "3xlarge": (6, 10, 1, 6),
-    "4xlarge": (8, 20, 1, 8),
-    "6xlarge": (8, 20, 1, 8),
-    "8xlarge": (8, 20, 1, 8),
+    "large": (2, 6),
+    "xlarge": (3, 10),
+    "2xlarge": (4, 10),
+    "3xlarge": (6, 10),
+    "4xlarge": (8, 20),
+    "6xlarge": (8, 20),
+    "8xlarge": (8, 20),
 }
 _FAMILIES = {
-    # family: (generation table, GiB per vCPU, category, trunk)
-    "g6": (_GEN6, 4, "General-purpose", False),
-    "g7": (_GEN7, 4, "General-purpose", True),
-    "c7": (_GEN7, 2, "Compute-optimized", True),
-    "r7": (_GEN7, 8, "Memory-optimized", True),
+    # family: (generation table, GiB per vCPU, category)
+    "g6": (_GEN6, 4, "General-purpose"),
+    "g7": (_GEN7, 4, "General-purpose"),
+    "c7": (_GEN7, 2, "Compute-optimized"),
+    "r7": (_GEN7, 8, "Memory-optimized"),
 }
-_API_VERIFIED = {"ecs.g7.xlarge", "ecs.g6.large"}
+
+# Complete API responses: type -> (IPv6 per ENI, EniTotalQuantity, trunk, kbit/s, pps).
+_API = {
+    # kubernetes-sigs/alibaba-cloud-csi-driver pkg/cloud/metadata/ecs_instance_type_test.go
+    "ecs.g7.xlarge": (15, 20, True, 3_072_000, 1_100_000),
+    # AlibabaCloudDocs/ecs intl.en-US/API Reference/Instances/DescribeInstanceTypes.md (sample response)
+    "ecs.g6.large": (1, 2, False, 1_024_000, 300_000),
+}
+_DOC_ONLY = frozenset({"EniQuantity", "EniPrivateIpAddressQuantity"})
 
 
 def _build() -> dict[str, InstanceType]:
     table: dict[str, InstanceType] = {}
-    for fam, (gen, gib, category, trunk) in _FAMILIES.items():
+    for fam, (gen, gib, category) in _FAMILIES.items():
         for size, cpu in _SIZES.items():
-            enis, v4, v6, total = gen[size]
+            enis, v4 = gen[size]
             type_id = f"ecs.{fam}.{size}"
-            if type_id in _API_VERIFIED:
-                source = "api"
-            elif gen is _GEN7 and size != "xlarge":
-                source = "doc; EniTotalQuantity estimate"
+            if type_id in _API:
+                v6, total, trunk, kbps, pps = _API[type_id]
+                source = "api: all fields confirmed"
+                confirmed = frozenset(_ENI_FIELDS)
             else:
-                source = "doc"
+                if gen is _GEN7:
+                    # Ratios of the one captured 7th-generation response (g7.xlarge).
+                    v6, total, trunk = v4, 5 * enis, True
+                    source = "doc: ENIs+IPv4 confirmed; IPv6, total (5 x ENIs), trunk UNCONFIRMED"
+                else:
+                    # As g6.large (API) and the g6nv.8xlarge API sample.
+                    v6, total, trunk = 1, enis, False
+                    source = "doc: ENIs+IPv4 confirmed; IPv6 (1), total (= ENIs), no-trunk UNCONFIRMED"
+                # Not confirmed: scaled per vCPU from the generation's captured response.
+                ref = _API["ecs.g7.xlarge" if gen is _GEN7 else "ecs.g6.large"]
+                ref_cpu = _SIZES["xlarge" if gen is _GEN7 else "large"]
+                kbps, pps = cpu * ref[3] // ref_cpu, cpu * ref[4] // ref_cpu
+                confirmed = _DOC_ONLY
             table[type_id] = InstanceType(
                 instance_type_id=type_id,
                 family=f"ecs.{fam}",
@@ -131,9 +184,10 @@ def _build() -> dict[str, InstanceType]:
                 eni_total_quantity=total,
                 eni_trunk_supported=trunk,
                 category=category,
-                bandwidth_kbps=cpu * 768_000 // 4,
-                pps=cpu * 275_000 // 4,
+                bandwidth_kbps=kbps,
+                pps=pps,
                 source=source,
+                confirmed=confirmed,
             )
     synthetic = [
         # Below the node minimums: (2-1) x 2 = 2 shared-ENI pods (a node needs > 11),
