@@ -14,7 +14,7 @@ test: setup
 	@.venv/bin/pytest
 
 bench: setup
-	@$(PY) benchmarks/bench_cni.py
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: setup
 	@.venv/bin/ruff check terway_agent plugins examples tests benchmarks

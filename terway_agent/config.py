@@ -194,29 +194,15 @@ def _rate_limit(name: str, value: Any) -> dict[str, int]:
     return out
 
 
-_BACKOFF_KEYS = {"duration": "duration", "factor": "number", "jitter": "number", "steps": "integer"}
+def _backoff(name: str, value: Any) -> dict[str, dict[str, Any]]:
+    """``backoff_override``: validated by the cloud client's own parser (one
+    definition of the keys, the aliases and the defaults); kept as given."""
+    from terway_agent.cloud._backoff import resolve_backoffs
 
-
-def _backoff(name: str, value: Any) -> dict[str, dict[str, float]]:
     if not isinstance(value, Mapping):
         raise ConfigError(name, value, 'an object {"<key>": {"duration": "2s", "factor": 1.5, "jitter": 0.3, "steps": 6}}')
-    out: dict[str, dict[str, float]] = {}
-    for key, spec in value.items():
-        fname = f"{name}.{key}"
-        if not isinstance(spec, Mapping):
-            raise ConfigError(fname, spec, "an object with duration, factor, jitter, steps")
-        entry: dict[str, float] = {}
-        for k, v in spec.items():
-            if k not in _BACKOFF_KEYS:
-                raise ConfigError(f"{fname}.{k}", v, "one of the keys " + ", ".join(_BACKOFF_KEYS))
-            if k == "duration":
-                entry[k] = parse_duration(f"{fname}.duration", v)
-            elif k == "steps":
-                entry[k] = _int(1, 1000)(f"{fname}.steps", v)
-            else:
-                entry[k] = _float(0, 100)(f"{fname}.{k}", v)
-        out[key] = entry
-    return out
+    resolve_backoffs(value, field_prefix=name)
+    return {str(k): dict(v) for k, v in value.items()}
 
 
 def _duration_or_off(name: str, value: Any) -> float | None:
@@ -259,7 +245,7 @@ class EniConf:
     enable_eni_trunking: bool = False
     ipam_type: str = ""
     rate_limit: dict[str, int] = field(default_factory=dict)
-    backoff_override: dict[str, dict[str, float]] = field(default_factory=dict)
+    backoff_override: dict[str, dict[str, Any]] = field(default_factory=dict)
     ip_pool_sync_period: float = 120.0
     idle_ip_reclaim_after: float | None = None
     idle_ip_reclaim_interval: float = 600.0

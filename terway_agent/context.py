@@ -110,6 +110,14 @@ class ModeContext:
         """The current configuration (it can change on reload: read it per use)."""
         return self.config_getter()
 
+    def require_ipam(self) -> Any:
+        """The IPAM, or a clear error for a mode that needs it when it did not start."""
+        if self.ipam is None:
+            from terway_agent.errors import PermanentError
+
+            raise PermanentError(f"mode {self.mode} needs the IPAM, which did not start (is the cloud configured?)")
+        return self.ipam
+
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking netlink/sysctl work in a worker thread under the netlink limiter.
 

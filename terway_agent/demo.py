@@ -1,9 +1,11 @@
 """``terway-agent demo``: the README's first command.
 
 Runs everything on this machine, in network namespaces, and prints what it
-does: a simulated node, the agent serving it, pods as network namespaces, and
-the real ``terway`` CNI executable driven through every CNI verb exactly as a
-container runtime would.  Cleans up after itself (also on Ctrl-C).
+does.  By default: the cloud emulator with a VPC and two ECS instances (node
+namespaces), the agent on each node in shared_eni mode, pods as network
+namespaces getting VPC addresses through the real ``terway`` executable, and
+packets between them across the VPC.  ``--standalone``: one node without a
+cloud (the example mode), every CNI verb.  Cleans up after itself (also on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Demo:
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.step_no = 0
+        self.cluster: Any = None
 
     # -- presentation -----------------------------------------------------------
 
@@ -69,6 +72,8 @@ class Demo:
         return p.returncode, json.loads(out) if out else None
 
     def cleanup(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -82,7 +87,8 @@ class Demo:
 
     # -- the demo --------------------------------------------------------------------
 
-    def run(self, keep: bool) -> int:
+    def run_standalone(self, keep: bool) -> int:
+        """The agent without a cloud (the example mode): every CNI verb, exactly as a runtime calls them."""
         self.work.mkdir(parents=True, exist_ok=True)
         node = self.ns("node")
         self.sh("ip", "link", "set", "lo", "up", ns=node)
@@ -200,20 +206,118 @@ class Demo:
         self.cni("ADD", terway, CNI_CONTAINERID="bad1", CNI_NETNS=netns.netns_path(pod_ns),
                  CNI_IFNAME="this-is-far-too-long")
 
+        return self.finish(keep)
+
+    def finish(self, keep: bool) -> int:
         if keep:
             print(f"\nThe demo keeps running (work dir {self.work}); Ctrl-C to stop.", flush=True)
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         print("\nDone. Everything the demo created is being removed.", flush=True)
         return 0
 
+    # -- the cloud demo --------------------------------------------------------------
+
+    def run_cloud(self, keep: bool) -> int:
+        """Two simulated ECS nodes on the emulated VPC, each running the agent in
+        shared_eni mode; pods get VPC addresses and talk across the VPC."""
+        from terway_agent import sim
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.step("The cloud: the ECS/VPC/metadata emulator, a VPC namespace and two ECS instances")
+        cluster = sim.start_cluster(
+            self.work / "cluster", nodes=2, start_agents=False, settings_over={"repair_interval": 2.0}
+        )
+        self.cluster = cluster
+        admin = cluster.emulator.admin()
+        state = admin.state()
+        for v in state["vswitches"]:
+            self.show(f"vSwitch {v['id']:18} {v['cidr']:17} zone {v['zone']}, {v['available_ip_address_count']} free IPs, gateway {v['gateway']}")
+        for n in cluster.nodes:
+            self.show(f"node {n.name}: instance {n.instance_id}, network namespace {n.netns}, eth0 {n.primary_ip}")
+
+        self.step("An agent per node (shared_eni mode), reaching the OpenAPI and metadata through eth0")
+        for n in cluster.nodes:
+            n.agent.start(timeout=90)
+            info = json.loads(self.sh(str(sim.VENV_BIN / "terway-agent"), "info", "--socket", n.agent.socket))
+            self.show(f"{n.name}: mode {info['mode']} ({info['reason']}), pid {info['pid']}")
+        n1, n2 = cluster.nodes
+        admin.reset_calls()
+
+        pods: dict[str, tuple[sim.Node, str, str, str]] = {}
+        for name, node in (("web-0", n1), ("web-1", n1), ("db-0", n2)):
+            pod_ns = self.ns(name)
+            cid = uuid.uuid4().hex[:16]
+            self.step(f"ADD pod default/{name} on {node.name}")
+            r = node.agent.cni("ADD", cid, netns_path=netns.netns_path(pod_ns), pod=("default", name))
+            print(f"    $ CNI_COMMAND=ADD CNI_CONTAINERID={cid} CNI_NETNS={netns.netns_path(pod_ns)} terway  ->  exit {r.rc}")
+            if r.rc != 0:
+                raise RuntimeError(f"ADD failed: {r.stdout}{r.stderr}")
+            ip = r.out["ips"][0]["address"].split("/")[0]
+            pods[name] = (node, pod_ns, cid, ip)
+            self.show(f"pod IP {ip} (from the VPC), eth0 in the pod:")
+            self.show(self.sh("ip", "-br", "addr", "show", "dev", "eth0", ns=pod_ns))
+        calls = {k: v for k, v in admin.calls().items() if v}
+        self.show("cloud calls the three ADDs cost: " + ", ".join(f"{k} x{v}" for k, v in sorted(calls.items())))
+
+        self.step(f"Kernel objects on {n1.name}: the ENI the agent attached, policy routing as the original")
+        self.show(self.sh("ip", "-br", "link", "show", ns=n1.netns))
+        self.show(self.sh("ip", "rule", "show", ns=n1.netns))
+
+        _, web0_ns, _, web0_ip = pods["web-0"]
+        self.step("Packets: web-0 -> web-1 on the same node, web-0 -> db-0 across the VPC")
+        for target in ("web-1", "db-0"):
+            ip = pods[target][3]
+            out = self.sh("ping", "-c", "1", "-W", "2", ip, ns=web0_ns)
+            self.show(f"ping {target} ({ip}): " + out.strip().splitlines()[-1])
+        _, db_ns, _, db_ip = pods["db-0"]
+        with sim.whoami_server(netns.netns_path(db_ns), db_ip, 8080):
+            seen = sim.whoami(netns.netns_path(web0_ns), db_ip, 8080)
+        self.show(f"db-0 sees the TCP connection from {seen}: web-0's own VPC address, no overlay, no NAT")
+
+        self.step(f"The warm pool on {n1.name} (terway-agent pool)")
+        self.show(self.sh(str(sim.VENV_BIN / "terway-agent"), "pool", "--socket", n1.agent.socket))
+
+        self.step(f"kill -9 the agent on {n1.name} and start it again: pods keep their network, nothing is lost")
+        n1.agent.kill9()
+        self.show("ping db-0 while the agent is down: " +
+                  self.sh("ping", "-c", "1", "-W", "2", db_ip, ns=web0_ns).strip().splitlines()[-1])
+        n1.agent.start(timeout=90)
+        self.show(self.sh(str(sim.VENV_BIN / "terway-agent"), "attachments", "--socket", n1.agent.socket))
+
+        node, ns, cid, ip = pods["web-0"]
+        self.step("Another tool flushes web-0's rules; CHECK reports it and the agent repairs it")
+        self.sh("ip", "rule", "del", "priority", "2048", "from", ip, ns=node.netns)
+        r = node.agent.cni("CHECK", cid, netns_path=netns.netns_path(ns))
+        self.show(f"CHECK -> exit {r.rc}: {r.out['msg'] if r.out else ''}")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and f"from {ip}" not in self.sh("ip", "rule", "show", ns=node.netns):
+            time.sleep(0.2)
+        self.show("after the repair pass: " + [ln for ln in self.sh("ip", "rule", "show", ns=node.netns).splitlines()
+                                             if f"from {ip}" in ln][0].strip())
+        r = node.agent.cni("CHECK", cid, netns_path=netns.netns_path(ns))
+        self.show(f"CHECK -> exit {r.rc}")
+
+        self.step("DEL every pod (twice, as containerd does); the IPs go back to the warm pool")
+        for name, (node, ns, cid, _ip) in pods.items():
+            a = node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns))
+            b = node.agent.cni("DEL", cid, netns_path="")
+            self.show(f"DEL {name} -> exit {a.rc}, again without a netns -> exit {b.rc}")
+        self.show(self.sh(str(sim.VENV_BIN / "terway-agent"), "pool", "--socket", n1.agent.socket))
+        return self.finish(keep)
+
 
 def main(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("terway-agent demo: run as root (it creates network namespaces)", file=sys.stderr)
         return 2
+    from terway_agent import log
+
+    log.configure("warning", json=False)  # the in-process emulator logs; keep the demo's output readable
     demo = Demo(Path(args.workdir) / uuid.uuid4().hex[:6])
     try:
-        return demo.run(args.keep)
+        if args.standalone:
+            return demo.run_standalone(args.keep)
+        return demo.run_cloud(args.keep)
     except KeyboardInterrupt:
         return 130
     finally:

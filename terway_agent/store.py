@@ -39,7 +39,7 @@ from terway_agent.types import Allocation, Attachment, LinkResult, PodRef
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -74,6 +74,47 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE UNIQUE INDEX leases_owner ON leases (pool, owner) WHERE owner IS NOT NULL;
     CREATE TABLE kv (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));
+    """,
+    # 2: the IPAM's ENIs and addresses (terway_agent/ipam/_db.py; docs/ipam.md, "State").
+    2: """
+    CREATE TABLE ipam_enis (
+        eni_id TEXT PRIMARY KEY,
+        pool TEXT NOT NULL CHECK (pool IN ('shared', 'exclusive')),
+        mac TEXT NOT NULL,
+        vswitch_id TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('attaching', 'ready', 'releasing')),
+        device_index INTEGER,
+        primary_ip TEXT NOT NULL DEFAULT '',
+        cidr4 TEXT,
+        gateway4 TEXT,
+        cidr6 TEXT,
+        gateway6 TEXT,
+        trunk INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        pod TEXT NOT NULL DEFAULT '',
+        assigned_at REAL,
+        released_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX ipam_enis_owner ON ipam_enis (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE ipam_ips (
+        address TEXT PRIMARY KEY,
+        family INTEGER NOT NULL CHECK (family IN (4, 6)),
+        eni_id TEXT NOT NULL REFERENCES ipam_enis (eni_id),
+        is_primary INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('ready', 'releasing')),
+        owner TEXT,
+        pod TEXT NOT NULL DEFAULT '',
+        assigned_at REAL,
+        released_at REAL,
+        hold_for TEXT NOT NULL DEFAULT '',
+        hold_until REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX ipam_ips_owner ON ipam_ips (owner, family) WHERE owner IS NOT NULL;
+    CREATE INDEX ipam_ips_eni ON ipam_ips (eni_id);
+    CREATE TABLE ipam_orphans (eni_id TEXT PRIMARY KEY, first_seen REAL NOT NULL, reason TEXT NOT NULL);
     """,
 }
 

@@ -132,6 +132,12 @@ class PodRequest(_JSONMixin):
     def attachment(self) -> tuple[str, str]:
         return (self.container_id, self.ifname)
 
+    @property
+    def owner(self) -> str:
+        """``"<container id>/<ifname>"``: the key that owns what this attachment
+        reserves (leases, IPAM addresses), stable across agent restarts."""
+        return f"{self.container_id}/{self.ifname}"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PodRequest:
         kw = cls._known(data)
@@ -160,6 +166,15 @@ class IPAssignment(_JSONMixin):
             raise ValueError(f"prefix_len {self.prefix_len} out of range for {self.address}")
         if self.gateway:
             ipaddress.ip_address(self.gateway)
+
+    @classmethod
+    def in_subnet(cls, address: str, cidr: str | None, gateway: str | None = None) -> IPAssignment:
+        """``address`` with the prefix of ``cidr`` (a host prefix when the subnet is unknown)."""
+        if cidr:
+            prefix = ipaddress.ip_network(cidr, strict=False).prefixlen
+        else:
+            prefix = ipaddress.ip_address(address).max_prefixlen
+        return cls(address, prefix, gateway or "")
 
     @property
     def family(self) -> int:

@@ -17,7 +17,6 @@ Durations are seconds (number) or Go-style strings (``"500ms"``, ``"10s"``,
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -111,32 +110,11 @@ _FIELD_ALIASES = {
     "initialDelay": "initial_delay",
     "InitialDelay": "initial_delay",
 }
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(value: Any, field: str) -> float:
     """Seconds from a number of seconds or a Go duration string (``"1m30s"``, ``"500ms"``)."""
-    if isinstance(value, bool):
-        raise ConfigError(field, value, "a duration: seconds as a number or a string like '500ms', '10s'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ConfigError(field, value, "a non-negative duration")
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        pos = 0
-        total = 0.0
-        for m in _GO_DURATION.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _GO_UNITS[m.group(2)]
-            pos = m.end()
-        if text and pos == len(text):
-            return total
-    raise ConfigError(
-        field, value, "a duration: seconds as a number or a string like '500ms', '10s', '1m30s'"
-    )
+    from terway_agent.config import parse_duration as _parse
+
+    return _parse(field, value)
 
 
 def _parse_entry(key: str, raw: Any, base: Backoff, field_prefix: str) -> Backoff:

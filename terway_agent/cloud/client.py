@@ -241,6 +241,31 @@ class CloudClient:
     def __repr__(self) -> str:
         return f"CloudClient(region={self.settings.region_id!r}, endpoint={self.settings.endpoint!r})"
 
+    def reconfigure(
+        self,
+        *,
+        rate_limit: Mapping[str, int] | None = None,
+        backoff_override: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Apply new ``rate_limit`` / ``backoff_override`` values live (``None`` keeps the current one).
+
+        The values are validated like :class:`CloudSettings` fields (:class:`ConfigError`
+        names the bad entry) before anything changes.  New token buckets start full;
+        calls already waiting on an old bucket finish their wait.
+        """
+        changes: dict[str, Any] = {}
+        if rate_limit is not None:
+            changes["rate_limit"] = dict(rate_limit)
+        if backoff_override is not None:
+            changes["backoff_override"] = dict(backoff_override)
+        if not changes:
+            return
+        new = replace(self.settings, **changes)  # validates
+        if rate_limit is not None:
+            self.rate_limiter = RateLimiter(new.rate_limit)
+        self.backoffs = new.backoffs
+        self.settings = new
+
     # -- plumbing ------------------------------------------------------------------------------
     async def instance_id(self) -> str:
         """This node's instance id (given, or read once from the metadata service)."""

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from terway_agent.errors import InvalidInput, PermanentError
 from terway_agent.log import get_logger
 from terway_agent.types import InstanceLimits
 
@@ -37,63 +36,6 @@ log = get_logger(__name__)
 CACHE_FILE = "instance-limits.json"
 CACHE_TTL = 15 * 24 * 3600.0
 _CACHE_VERSION = 1
-
-MODE_SHARED = "shared"
-MODE_TRUNK = "trunk"
-MODE_EXCLUSIVE = "exclusive"
-
-#: mode -> (formula, minimum the limit must exceed)
-POD_LIMIT_RULES: Mapping[str, tuple[str, int]] = {
-    MODE_SHARED: ("(EniQuantity - 1) x EniPrivateIpAddressQuantity", 11),
-    MODE_TRUNK: ("EniTotalQuantity - EniQuantity", 0),
-    MODE_EXCLUSIVE: ("EniQuantity - 1", 6),
-}
-
-
-class InsufficientPodCapacity(PermanentError):
-    """The node's instance type gives fewer pods than the mode needs to join."""
-
-
-def pod_limit(limits: InstanceLimits, mode: str) -> int:
-    """The pod limit of ``mode`` (``shared``, ``trunk`` or ``exclusive``) for ``limits``."""
-    if mode == MODE_SHARED:
-        return limits.shared_pods
-    if mode == MODE_TRUNK:
-        return limits.trunk_member_pods
-    if mode == MODE_EXCLUSIVE:
-        return limits.exclusive_pods
-    raise InvalidInput("mode", mode, f"one of {sorted(POD_LIMIT_RULES)}")
-
-
-def require_pod_limit(limits: InstanceLimits, mode: str) -> int:
-    """:func:`pod_limit`, or :class:`InsufficientPodCapacity` when the node is below the minimum.
-
-    The error names the instance type, the numbers and the formula, e.g. ``instance type
-    ecs.t5.small supports 2 pods in shared ENI mode ((EniQuantity - 1) x
-    EniPrivateIpAddressQuantity = (2 - 1) x 2); a node needs more than 11``.
-    """
-    value = pod_limit(limits, mode)
-    formula, minimum = POD_LIMIT_RULES[mode]
-    if value > minimum:
-        return value
-    if mode == MODE_SHARED:
-        numbers = f"({limits.eni_quantity} - 1) x {limits.eni_private_ip_quantity}"
-    elif mode == MODE_TRUNK:
-        numbers = f"{limits.eni_total_quantity} - {limits.eni_quantity}"
-        if not limits.trunk_supported:
-            numbers += ", and EniTrunkSupported is false"
-    else:
-        numbers = f"{limits.eni_quantity} - 1"
-    raise InsufficientPodCapacity(
-        f"instance type {limits.instance_type} supports {value} pods in {mode} ENI mode "
-        f"({formula} = {numbers}); a node needs more than {minimum}",
-        instance_type=limits.instance_type,
-        mode=mode,
-        pod_limit=value,
-        minimum=minimum,
-        formula=formula,
-    )
-
 
 class LimitsCache:
     """The on-disk cache of :class:`InstanceLimits` under ``state_dir``.

@@ -49,6 +49,7 @@ from terway_agent.daemon.service import CNIService, PodLookup
 from terway_agent.errors import ConfigError, ModeNotImplemented, PermanentError
 from terway_agent.log import get_logger
 from terway_agent.store import Store
+from terway_agent.types import Attachment
 
 log = get_logger(__name__)
 
@@ -59,6 +60,15 @@ META_CONFLIST_SHA = "conflist_sha256"
 #: A service hook: ``async def svc(agent, nursery)``, run after the plugin is
 #: loaded and before it starts; sets ``agent.ctx.cloud`` etc.
 Service = Callable[["Agent", trio.Nursery], Awaitable[None]]
+
+
+def default_services() -> list[Service]:
+    """The services an agent runs when none are given: the cloud, then the IPAM
+    (both do nothing for a mode that does not need the cloud)."""
+    from terway_agent.daemon.cloud_service import cloud_service
+    from terway_agent.ipam import ipam_service
+
+    return [cloud_service, ipam_service]
 
 
 class AgentLockHeld(PermanentError):
@@ -75,8 +85,12 @@ class Agent:
     :param settings: the process settings.
     :param host: a plugin host (tests register inline plugins); default loads
         the selected mode from entry points.
-    :param services: start-up services (cloud, IPAM, Kubernetes).
+    :param services: start-up services (cloud, IPAM, Kubernetes); ``None`` means
+        :func:`default_services`, ``[]`` none.
     :param pod_lookup: a source of pod annotations/owner/policies.
+    :param sources: the configuration sources (default: files, :class:`FileSources`).
+    :param attachment_alive: tells the periodic GC whether an attachment's pod
+        still exists (default: whether its netns exists).
     """
 
     def __init__(
@@ -86,13 +100,20 @@ class Agent:
         host: PluginHost | None = None,
         services: list[Service] | None = None,
         pod_lookup: PodLookup | None = None,
+        sources: Any = None,
+        attachment_alive: Callable[[Attachment], Awaitable[bool | None]] | None = None,
     ) -> None:
         self.settings = settings
         self._given_host = host
         self.host = host or PluginHost()
-        self.services = list(services or [])
+        self.services = list(services) if services is not None else default_services()
         self.pod_lookup = pod_lookup
-        self.sources = FileSources(settings)
+        #: where labels, eni_conf and the node pool's ConfigMap come from:
+        #: files (standalone) or the Kubernetes API; ``read()`` and ``fingerprint(labels)``.
+        self.sources = sources if sources is not None else FileSources(settings)
+        #: whether a stored attachment's pod still exists (Kubernetes); None
+        #: answers fall back to "its netns exists".
+        self.attachment_alive = attachment_alive
         self.holder: ConfigHolder | None = None
         self.store: Store | None = None
         self.ctx: ModeContext | None = None
@@ -316,14 +337,17 @@ class Agent:
                 log.error("repair.incomplete", trigger=trigger, failed=list(r.failed))
 
     async def _gc_pass(self) -> None:
-        """Periodic GC without a Kubernetes API: an attachment whose netns has
-        been missing on two consecutive passes belonged to a sandbox that is gone."""
+        """Periodic GC: an attachment whose pod is gone (per ``attachment_alive``,
+        else: its netns is missing) on two consecutive passes is removed."""
         assert self.store is not None and self.service is not None
         atts = await self.store.acall(self.store.attachments)
         valid: set[tuple[str, str]] = set()
         seen: dict[tuple[str, str], int] = {}
         for att in atts:
-            if att.netns and os.path.exists(att.netns):
+            alive = await self.attachment_alive(att) if self.attachment_alive is not None else None
+            if alive is None:
+                alive = bool(att.netns) and os.path.exists(att.netns)
+            if alive:
                 valid.add(att.key)
                 continue
             count = self._missing_netns.get(att.key, 0) + 1
@@ -390,7 +414,7 @@ class Agent:
         """Write our conflist atomically; never touch other files in the directory."""
         assert self.store is not None
         netconf = replace(self.config.netconf, socket_path=self.settings.socket_path)
-        doc = render_conflist(netconf, list(self.settings.cni_chain))
+        doc = render_conflist(netconf, list(self.config.settings.cni_chain))
         body = (json.dumps(doc, indent=2) + "\n").encode()
         directory = Path(self.settings.cni_conf_dir)
         directory.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,29 @@ class FileSources:
         return tuple(out)
 
 
+def terway_entry(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``type: terway`` network config of a CNI config document, and the plugins chained after it.
+
+    Accepts a single network config (the original's ``10-terway.conf``) or a
+    conflist (``{"cniVersion", "name", "plugins": [...]}``).
+    """
+    if "plugins" not in doc:
+        return dict(doc), []
+    plugins = doc["plugins"]
+    if not isinstance(plugins, list) or not all(isinstance(p, Mapping) for p in plugins):
+        raise ConfigError("CNI config plugins", plugins, "a list of plugin objects")
+    idx = [i for i, p in enumerate(plugins) if p.get("type") == "terway"]
+    if len(idx) != 1:
+        raise ConfigError("CNI config plugins", [p.get("type") for p in plugins], "exactly one plugin of type terway")
+    if idx[0] != 0:
+        raise ConfigError("CNI config plugins", [p.get("type") for p in plugins], "terway first, chained plugins after it")
+    entry = dict(plugins[0])
+    for key in ("cniVersion", "name"):
+        if key in doc:
+            entry.setdefault(key, doc[key])
+    return entry, [dict(p) for p in plugins[1:]]
+
+
 def build_config(settings: Settings, src: Sources) -> tuple[AgentConfig, list[str]]:
     """Parse and merge the documents, select the mode.  Raises ConfigError."""
     merged = dict(src.eni_conf)
@@ -141,8 +164,9 @@ def build_config(settings: Settings, src: Sources) -> tuple[AgentConfig, list[st
     parsed = parse_eni_conf(merged, source="eni_conf")
     warnings = list(parsed.warnings)
     eni: EniConf = parsed.value
+    chain: list[dict[str, Any]] = []
     if src.netconf is not None:
-        nc = dict(src.netconf)
+        nc, chain = terway_entry(src.netconf)
         nc.setdefault("cniVersion", "1.0.0")
         nc.setdefault("type", "terway")
         p = parse_netconf(nc)
@@ -151,6 +175,8 @@ def build_config(settings: Settings, src: Sources) -> tuple[AgentConfig, list[st
     else:
         netconf = NetConf()
     netconf = replace(netconf, socket_path=settings.socket_path)
+    if chain and not settings.cni_chain:
+        settings = replace(settings, cni_chain=tuple(chain))
     decision = select_mode(src.labels, eni, netconf, flag_mode=settings.mode, dynamic_config=src.dynamic_name)
     warnings += list(decision.warnings)
     cfg = AgentConfig(

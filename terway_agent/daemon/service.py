@@ -94,6 +94,10 @@ class CNIService:
         self.draining = False
         #: called (in a worker thread) after each successful ADD
         self.on_attached: Callable[[], None] | None = None
+        #: called in the serving task after each successful ADD, with the
+        #: request, the allocation and the seconds it took; must not block
+        #: (e.g. queue work for a background task).
+        self.on_ready: list[Callable[[PodRequest, Allocation, float], None]] = []
 
     # -- entry point --------------------------------------------------------------
 
@@ -261,6 +265,10 @@ class CNIService:
                 await self.store.acall(self.on_attached)
         except BaseException as exc:
             log.warning("cni.add.failed", error=repr(exc), allocated=allocation is not None)
+            if request.pod.namespace and isinstance(exc, Exception):
+                self.ctx.events.record(
+                    f"Pod/{request.pod.key}", "Pod", "AllocIPFailed", f"Alloc IP failed: {exc}", warning=True
+                )
             with trio.move_on_after(CLEANUP_DEADLINE, shield=True) as scope:
                 try:
                     if allocation is not None:
@@ -280,6 +288,8 @@ class CNIService:
                 f"Pod/{request.pod.key}", "Pod", "AllocIPSucceed",
                 f"Alloc IP {','.join(a.address for a in allocation.addresses)} took {elapsed:.3f}s",
             )
+        for callback in self.on_ready:
+            callback(request, allocation, elapsed)
         return cni_result(link, request.cni_version, request.prev_result)
 
     async def _del(self, request: PodRequest) -> None:

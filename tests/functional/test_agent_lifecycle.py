@@ -78,10 +78,10 @@ def test_selected_mode_not_installed_stops_with_a_clear_error(make_agent) -> Non
 
 
 def test_registered_but_unimplemented_mode_refuses(make_agent) -> None:
-    a = make_agent(mode="", node_labels={"k8s.aliyun.com/exclusive-mode-eni-type": "eniOnly"})
+    a = make_agent(mode="", node_labels={"terway.alibabacloud.com/network-mode": "ipvlan_ebpf"})
     a.start(wait=False)
     assert a.proc.wait(20) == 2
-    assert "mode exclusive_eni is not implemented yet: selected by label k8s.aliyun.com/exclusive-mode-eni-type=eniOnly" in a.log()
+    assert "mode ipvlan_ebpf is not implemented yet: selected by label terway.alibabacloud.com/network-mode=ipvlan_ebpf" in a.log()
 
 
 def test_invalid_eni_conf_stops_with_the_field_named(make_agent) -> None:

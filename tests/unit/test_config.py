@@ -66,7 +66,7 @@ def test_eni_conf_full_document_as_the_original_ships_it() -> None:
     assert conf.service_cidr == ("172.21.0.0/20",)
     assert conf.all_security_groups == ("sg-1", "sg-2")
     assert conf.rate_limit == {"CreateNetworkInterface": 100}
-    assert conf.backoff_override == {"eni_create": {"duration": 5.0, "factor": 2.0, "steps": 3}}
+    assert conf.backoff_override == {"eni_create": {"duration": "5s", "factor": 2, "steps": 3}}
     assert conf.idle_ip_reclaim_after == 1800.0
     assert conf.enable_patch_pod_ips is True
     # "version" is not one of ours: a warning, not an error; so is a dual stack without an IPv6 Service CIDR
@@ -90,7 +90,8 @@ def test_eni_conf_full_document_as_the_original_ships_it() -> None:
         ({"vswitches": ["vsw-1"]}, "eni_conf.vswitches", "an object"),
         ({"rate_limit": {"AssignPrivateIpAddresses": 0}}, "eni_conf.rate_limit.AssignPrivateIpAddresses", "between 1 and 100000"),
         ({"backoff_override": {"eni_ops": {"duration": "fast"}}}, "eni_conf.backoff_override.eni_ops.duration", "duration"),
-        ({"backoff_override": {"eni_ops": {"retries": 3}}}, "eni_conf.backoff_override.eni_ops.retries", "one of the keys"),
+        ({"backoff_override": {"eni_ops": {"retries": 3}}}, "eni_conf.backoff_override.eni_ops.retries", "one of duration"),
+        ({"backoff_override": {"eni_nap": {"steps": 3}}}, "eni_conf.backoff_override.eni_nap", "a backoff key"),
         ({"idle_ip_reclaim_after": "ten minutes"}, "eni_conf.idle_ip_reclaim_after", "a duration"),
         ({"eni_cap_ratio": 1.5}, "eni_conf.eni_cap_ratio", "between 0 and 1"),
         ({"enable_eni_trunking": "yes"}, "eni_conf.enable_eni_trunking", "true or false"),

@@ -61,10 +61,6 @@ def _subnet(ctx: ModeContext) -> ipaddress.IPv4Network:
     return net
 
 
-def _owner(request: PodRequest) -> str:
-    return f"{request.container_id}/{request.ifname}"
-
-
 def host_ifname(container_id: str, ifname: str) -> str:
     return HOST_PREFIX + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
 
@@ -98,7 +94,7 @@ async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
     pool = f"example:{net}"
     cooldown = ctx.config.eni.ip_reuse_cooldown
     address = await ctx.store.acall(
-        lambda: ctx.store.lease(pool, hosts, _owner(request), pod=request.pod.key, cooldown=cooldown)
+        lambda: ctx.store.lease(pool, hosts, request.owner, pod=request.pod.key, cooldown=cooldown)
     )
     if address is None:
         raise AllocationError(f"no free address in {net}", subnet=str(net))
@@ -108,7 +104,7 @@ async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
 @hookimpl
 async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allocation | None) -> None:
     pool = allocation.extra["pool"] if allocation is not None else f"example:{_subnet(ctx)}"
-    await ctx.store.acall(ctx.store.release_lease, pool, _owner(request))
+    await ctx.store.acall(ctx.store.release_lease, pool, request.owner)
 
 
 def _link(ipr: IPRoute, name: str):

@@ -1,12 +1,41 @@
-"""terway-agent mode `shared_eni`: shared ENI, veth + policy routing.
+"""terway-agent mode ``shared_eni``: pods share the node's ENIs, one secondary IP
+each, reached through a veth pair and policy routing (the original's default
+mode).  Kernel objects: :mod:`terway_mode_shared_eni._plan` and
+docs/modes/shared_eni.md.
 
-Registered so operators can see and select it; it does not serve pods yet
-and says so (the shared-eni issue).
+The IPAM (``ctx.ipam``) hands out the addresses; this plugin turns an
+allocation into kernel objects with the datapath library: plan as data,
+observe, change only the difference.
 """
 
-from terway_agent.plugin import InstanceLimits, ModeInfo, hookimpl
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from terway_agent import datapath as dp
+from terway_agent.datapath import netns
+from terway_agent.plugin import (
+    CNIIP,
+    Allocation,
+    Attachment,
+    CNIInterface,
+    CNIRoute,
+    InstanceLimits,
+    IPAssignment,
+    LinkResult,
+    ModeContext,
+    ModeInfo,
+    PodRequest,
+    RepairReport,
+    Status,
+    hookimpl,
+)
+from terway_mode_shared_eni import _gc, _plan
 
 __version__ = "0.1.0"
+MODE = "shared_eni"
+STATEFUL_KINDS = ("StatefulSet",)
 
 
 def _pod_limit(q: InstanceLimits) -> int:
@@ -16,13 +45,208 @@ def _pod_limit(q: InstanceLimits) -> int:
 @hookimpl
 def terway_mode_info() -> ModeInfo:
     return ModeInfo(
-        name="shared_eni",
+        name=MODE,
         version=__version__,
         summary="shared ENI, veth + policy routing",
-        implemented=False,
         exclusivity="shared",
-        capabilities=frozenset({"ipv4", "ipv6", "dual_stack", "bandwidth", "network_policy", "hostport"}),
+        capabilities=frozenset({"ipv4", "ipv6", "dual_stack", "bandwidth", "hostport"}),
         pod_limit_formula="(EniQuantity - 1) x EniPrivateIpAddressQuantity",
         pod_limit=_pod_limit,
         min_pod_limit=11,
+        needs_cloud=True,
     )
+
+
+
+
+def _sticky(ctx: ModeContext, request: PodRequest) -> bool:
+    kinds = set(STATEFUL_KINDS) | set(ctx.config.eni.custom_stateful_workload_kinds)
+    return bool(request.owner_kind) and request.owner_kind in kinds
+
+
+
+@hookimpl
+async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
+    lease = await ctx.require_ipam().allocate_ips(request.owner, request.pod, sticky=_sticky(ctx, request))
+    eni = lease.eni
+    return Allocation(
+        kind="eni_ip",
+        ipv4=IPAssignment.in_subnet(lease.ipv4, eni.cidr4, eni.gateway4) if lease.ipv4 else None,
+        ipv6=IPAssignment.in_subnet(lease.ipv6, eni.cidr6, eni.gateway6) if lease.ipv6 else None,
+        eni_id=eni.eni_id,
+        mac=eni.mac,
+        vswitch_id=eni.vswitch_id,
+        service_cidrs=tuple(ctx.config.eni.service_cidr),
+        extra={"sticky": _sticky(ctx, request)},
+    )
+
+
+@hookimpl
+async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allocation | None) -> None:
+    hold = bool(allocation is not None and allocation.extra.get("sticky"))
+    await ctx.require_ipam().release_ips(request.owner, hold=hold)
+
+
+async def _plans(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> tuple[dp.Plan, dp.Plan, dict]:
+    """(eni + node plan, pod plan, state) for an allocation; finds the ENI device by MAC."""
+    eni = await dp.find_link_by_mac_async(allocation.mac, limiter=ctx.netlink_limiter)
+    netconf = ctx.config.netconf
+    mtu = eni.mtu if (netconf.auto_mtu and eni.mtu) else netconf.mtu
+    host_veth = _plan.host_veth_name(request.pod.namespace, request.pod.name)
+    pod = _plan.pod_plan(
+        host_veth=host_veth,
+        pod_netns=request.netns,
+        ifname=request.ifname,
+        pod_ip4=allocation.ipv4.address if allocation.ipv4 else None,
+        pod_ip6=allocation.ipv6.address if allocation.ipv6 else None,
+        eni_ifindex=eni.index,
+        mtu=mtu,
+        ingress_bps=request.bandwidth.ingress_bps,
+        egress_bps=request.bandwidth.egress_bps,
+    )
+    node = _plan.eni_plan(
+        eni_dev=eni.name,
+        eni_ifindex=eni.index,
+        gateway4=allocation.ipv4.gateway if allocation.ipv4 else None,
+        gateway6=allocation.ipv6.gateway if allocation.ipv6 else None,
+    ) + _plan.node_plan([*allocation.service_cidrs, *netconf.host_stack_cidrs])
+    state = {"host_veth": host_veth, "eni_dev": eni.name, "eni_ifindex": eni.index, "mtu": mtu}
+    return node, pod, state
+
+
+@hookimpl
+async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> LinkResult:
+    node, pod, state = await _plans(ctx, request, allocation)
+    if allocation.ipv6 is not None:
+        prepare = _plan.eni_prepare_plan(eni_dev=state["eni_dev"], ipv6=True)
+        await dp.apply_async(prepare, limiter=ctx.netlink_limiter)
+    await dp.apply_async(node, limiter=ctx.netlink_limiter)
+    try:
+        await dp.apply_async(pod, limiter=ctx.netlink_limiter)
+    except BaseException:
+        await dp.remove_async(pod, limiter=ctx.netlink_limiter)
+        raise
+    ips = []
+    routes = []
+    if allocation.ipv4:
+        ips.append(CNIIP(address=f"{allocation.ipv4.address}/32", gateway=_plan.POD_GATEWAY4, interface=1))
+        routes.append(CNIRoute(dst="0.0.0.0/0", gw=_plan.POD_GATEWAY4))
+    if allocation.ipv6:
+        ips.append(CNIIP(address=f"{allocation.ipv6.address}/128", gateway=_plan.POD_GATEWAY6, interface=1))
+        routes.append(CNIRoute(dst="::/0", gw=_plan.POD_GATEWAY6))
+    return LinkResult(
+        interfaces=(
+            CNIInterface(name=state["host_veth"], mac=_plan.host_mac(state["host_veth"])),
+            CNIInterface(name=request.ifname, mac=_plan.pod_mac(state["host_veth"]), sandbox=request.netns,
+                         mtu=state["mtu"]),
+        ),
+        ips=tuple(ips),
+        routes=tuple(routes),
+        state={**state, "pod_plan": pod.to_json(), "node_plan": node.to_json()},
+    )
+
+
+def _stored_pod_plan(link: LinkResult | None) -> dp.Plan | None:
+    if link is None or "pod_plan" not in link.state:
+        return None
+    return dp.Plan.from_json(link.state["pod_plan"])
+
+
+async def _other_live_plan(ctx: ModeContext, request: PodRequest) -> dp.Plan | None:
+    """The stored plan of another live attachment of the same pod (a newer sandbox)."""
+    if not request.pod.namespace:
+        return None
+    for att in await ctx.store.acall(ctx.store.attachments_of_pod, request.pod):
+        if att.container_id != request.container_id and att.state == "ready":
+            plan = _stored_pod_plan(att.link)
+            if plan is not None:
+                return plan
+    return None
+
+
+@hookimpl
+async def terway_teardown_link(
+    ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult | None
+) -> None:
+    plan = _stored_pod_plan(link)
+    if plan is None:
+        # The agent died before the link was recorded: rebuild what setup made.
+        try:
+            _node, plan, _state = await _plans(ctx, replace(request, netns=request.netns or "/nonexistent"), allocation)
+        except Exception:
+            # The ENI is gone too: remove what does not need its index.
+            await ctx.run_sync(_gc.remove_pod_leftovers, request.pod.namespace, request.pod.name, allocation)
+            return
+    newer = await _other_live_plan(ctx, request)
+    if newer is not None:
+        # A newer sandbox of the same pod owns the host veth (and maybe the IP):
+        # remove only what the old plan has and the new one does not.
+        await dp.prune_async(plan, newer, limiter=ctx.netlink_limiter)
+    else:
+        await dp.remove_async(plan, limiter=ctx.netlink_limiter)
+
+
+@hookimpl
+async def terway_check_link(
+    ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult
+) -> list[str]:
+    problems = []
+    for key in ("node_plan", "pod_plan"):
+        if key in link.state:
+            plan = dp.Plan.from_json(link.state[key])
+            problems += [p.description for p in await dp.check_async(plan, limiter=ctx.netlink_limiter)]
+    eni = await ctx.run_sync(_eni_present, allocation.mac, link.state.get("eni_ifindex"))
+    if eni:
+        problems.append(eni)
+    return problems
+
+
+def _eni_present(mac: str, ifindex: int | None) -> str | None:
+    try:
+        found = dp.find_link_by_mac(mac, timeout=0)
+    except Exception:
+        return f"the ENI with MAC {mac} is not on this node"
+    if ifindex is not None and found.index != ifindex:
+        return f"the ENI with MAC {mac} is now ifindex {found.index}, the pod's rules use table {1000 + ifindex}"
+    return None
+
+
+@hookimpl
+async def terway_repair(ctx: ModeContext, live: Sequence[Attachment]) -> RepairReport:
+    repaired: list[str] = []
+    failed: list[str] = []
+    checked = 0
+    for att in live:
+        if att.mode != MODE or att.link is None:
+            continue
+        checked += 1
+        for key in ("node_plan", "pod_plan"):
+            if key not in att.link.state:
+                continue
+            plan = dp.Plan.from_json(att.link.state[key])
+            if key == "pod_plan" and att.netns and not netns.exists(att.netns):
+                continue  # the sandbox is gone; GC removes the attachment
+            try:
+                report = await dp.apply_async(plan, limiter=ctx.netlink_limiter)
+            except Exception as exc:
+                failed.append(f"{att.pod.key}: {exc}")
+                continue
+            repaired += [f"{att.pod.key}: {o.describe()}" for o in (*report.created, *report.changed)]
+    return RepairReport(checked=checked, repaired=tuple(repaired), failed=tuple(failed))
+
+
+@hookimpl
+async def terway_gc(ctx: ModeContext, live: Sequence[Attachment]) -> list[str]:
+    # Every stored attachment, whatever its state: one being ADDed right now has
+    # its veth before its link result is recorded.
+    keep_veths = {_plan.host_veth_name(att.pod.namespace, att.pod.name) for att in live}
+    keep_veths |= {att.link.state.get("host_veth") for att in live if att.link is not None}
+    keep_ips = {a.address for att in live if att.allocation for a in att.allocation.addresses}
+    return await ctx.run_sync(_gc.remove_leftovers, keep_veths, keep_ips)
+
+
+@hookimpl
+async def terway_status(ctx: ModeContext) -> Status:
+    if ctx.ipam is None:
+        return Status(50, "the IPAM is not running")
+    return ctx.ipam.status()

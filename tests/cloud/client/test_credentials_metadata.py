@@ -24,13 +24,9 @@ from terway_agent.cloud.credentials import (
     credential_provider_for,
     encode_addon_token,
 )
-from terway_agent.cloud.limits import (
-    InsufficientPodCapacity,
-    LimitsCache,
-    get_instance_limits,
-    require_pod_limit,
-)
+from terway_agent.cloud.limits import LimitsCache, get_instance_limits
 from terway_agent.cloud.metadata import MetadataClient
+from terway_agent.daemon.cloud_service import NodeBelowMinimum, check_pod_limit
 
 KEYRING = b"twcli-keyring-0123456789abcdef!!"  # 32 bytes
 
@@ -333,16 +329,22 @@ async def test_wait_for_eni_polls_then_times_out_clearly(emulator: Any, make_cli
 
 
 # --- limits against the emulator -----------------------------------------------------------------
+def _info(mode: str):
+    import importlib
+
+    return importlib.import_module(f"terway_mode_{mode}").terway_mode_info()
+
+
 async def test_instance_limits_cached_on_disk(emulator: Any, make_client: MakeClient, tmp_path: Path) -> None:
     state = tmp_path / "twcli-state"
     client = make_client()
     limits = await get_instance_limits(client, "ecs.g7.xlarge", state_dir=state)
     assert (limits.eni_quantity, limits.eni_private_ip_quantity, limits.eni_total_quantity) == (4, 15, 20)
-    assert require_pod_limit(limits, "shared") == 45  # (4-1) x 15
-    assert require_pod_limit(limits, "trunk") == 16  # 20-4
-    with pytest.raises(InsufficientPodCapacity) as info:
-        require_pod_limit(limits, "exclusive")  # 4-1 = 3, a node needs more than 6
-    assert "ecs.g7.xlarge" in str(info.value) and "4 - 1" in str(info.value)
+    assert check_pod_limit(_info("shared_eni"), limits) == 45  # (4-1) x 15
+    assert check_pod_limit(_info("trunk"), limits) == 16  # 20-4
+    with pytest.raises(NodeBelowMinimum) as info:
+        check_pod_limit(_info("exclusive_eni"), limits)  # 4-1 = 3, a node needs more than 6
+    assert "ecs.g7.xlarge" in str(info.value) and "EniQuantity=4" in str(info.value)
     assert emulator.admin.call_count("DescribeInstanceTypes") == 1
 
     # a restarted agent (new client, same state dir) does not call the API
@@ -352,8 +354,8 @@ async def test_instance_limits_cached_on_disk(emulator: Any, make_client: MakeCl
     assert await LimitsCache(state).get("ecs.g7.xlarge") == limits
 
     tiny = await get_instance_limits(client, "ecs.twemu-tiny.small", state_dir=state)
-    with pytest.raises(InsufficientPodCapacity) as info:
-        require_pod_limit(tiny, "shared")
+    with pytest.raises(NodeBelowMinimum) as info:
+        check_pod_limit(_info("shared_eni"), tiny)
     assert "ecs.twemu-tiny.small supports 2 pods" in str(info.value)
     with pytest.raises(E.CloudNotFound):
         await get_instance_limits(client, "ecs.twcli-nonexistent", state_dir=state)

@@ -19,18 +19,12 @@ from terway_agent.cloud.credentials import (
     decode_addon_token,
     encode_addon_token,
 )
-from terway_agent.cloud.limits import (
-    InstanceLimits,
-    InsufficientPodCapacity,
-    LimitsCache,
-    pod_limit,
-    require_pod_limit,
-)
+from terway_agent.cloud.limits import InstanceLimits, LimitsCache
 from terway_agent.cloud.settings import CloudSettings
+from terway_agent.daemon.cloud_service import NodeBelowMinimum, check_pod_limit
 from terway_agent.errors import (
     AllocationError,
     ConfigError,
-    InvalidInput,
     NotFound,
     PermanentError,
     TemporaryError,
@@ -308,17 +302,20 @@ async def test_static_provider_repr_masks() -> None:
 G7_4XL = InstanceLimits("ecs.g7.4xlarge", 8, 30, 30, 33, True)
 
 
+def _info(mode: str):
+    import importlib
+
+    return importlib.import_module(f"terway_mode_{mode}").terway_mode_info()
+
+
 def test_pod_limit_formulas_seed_003() -> None:
-    assert pod_limit(G7_4XL, "shared") == 210  # (8-1) x 30
-    assert pod_limit(G7_4XL, "exclusive") == 7  # 8-1
-    assert pod_limit(G7_4XL, "trunk") == 25  # 33-8
-    assert require_pod_limit(G7_4XL, "shared") == 210
-    assert require_pod_limit(G7_4XL, "exclusive") == 7
-    no_trunk = InstanceLimits("ecs.t6", 2, 2, 0, 2, False)
-    assert pod_limit(no_trunk, "trunk") == 0
-    with pytest.raises(InvalidInput) as info:
-        pod_limit(G7_4XL, "ipvlan")
-    assert info.value.field == "mode"
+    assert G7_4XL.shared_pods == 210  # (8-1) x 30
+    assert G7_4XL.exclusive_pods == 7  # 8-1
+    assert G7_4XL.trunk_member_pods == 25  # 33-8
+    assert check_pod_limit(_info("shared_eni"), G7_4XL) == 210
+    assert check_pod_limit(_info("exclusive_eni"), G7_4XL) == 7
+    assert check_pod_limit(_info("trunk"), G7_4XL) == 25
+    assert InstanceLimits("ecs.t6", 2, 2, 0, 2, False).trunk_member_pods == 0
 
 
 @pytest.mark.parametrize(
@@ -326,30 +323,20 @@ def test_pod_limit_formulas_seed_003() -> None:
     [
         (
             InstanceLimits("ecs.t5-lc1m1.small", 2, 2, 0, 2, False),
-            "shared",
-            [
-                "ecs.t5-lc1m1.small",
-                "supports 2 pods",
-                "(EniQuantity - 1) x EniPrivateIpAddressQuantity",
-                "(2 - 1) x 2",
-                "more than 11",
-            ],
+            "shared_eni",
+            ["ecs.t5-lc1m1.small", "supports 2 pods", "(EniQuantity - 1) x EniPrivateIpAddressQuantity",
+             "EniQuantity=2", "EniPrivateIpAddressQuantity=2", "more than 11"],
         ),
         (
             InstanceLimits("ecs.g7.large", 3, 6, 6, 3, False),
-            "exclusive",
-            ["ecs.g7.large", "supports 2 pods", "EniQuantity - 1", "3 - 1", "more than 6"],
-        ),
-        (
-            InstanceLimits("ecs.c5.large", 2, 6, 0, 2, False),
-            "trunk",
-            ["ecs.c5.large", "EniTotalQuantity - EniQuantity", "EniTrunkSupported is false"],
+            "exclusive_eni",
+            ["ecs.g7.large", "supports 2 pods", "EniQuantity - 1", "EniQuantity=3", "more than 6"],
         ),
     ],
 )
 def test_node_below_minimum_is_refused_clearly(limits: InstanceLimits, mode: str, needles: list[str]) -> None:
-    with pytest.raises(InsufficientPodCapacity) as info:
-        require_pod_limit(limits, mode)
+    with pytest.raises(NodeBelowMinimum) as info:
+        check_pod_limit(_info(mode), limits)
     assert isinstance(info.value, PermanentError)
     for needle in needles:
         assert needle in str(info.value)
@@ -357,13 +344,13 @@ def test_node_below_minimum_is_refused_clearly(limits: InstanceLimits, mode: str
 
 
 def test_minimums_are_strict() -> None:
-    assert require_pod_limit(InstanceLimits("a", 3, 6, 0, 3, False), "shared") == 12  # (3-1) x 6 > 11
-    with pytest.raises(InsufficientPodCapacity):
-        require_pod_limit(InstanceLimits("b", 2, 11, 0, 2, False), "shared")  # exactly 11
-    assert require_pod_limit(InstanceLimits("c", 8, 2, 0, 8, False), "exclusive") == 7
-    with pytest.raises(InsufficientPodCapacity):
-        require_pod_limit(InstanceLimits("d", 7, 2, 0, 7, False), "exclusive")  # exactly 6
-    assert require_pod_limit(InstanceLimits("e", 3, 2, 0, 4, True), "trunk") == 1
+    shared, exclusive = _info("shared_eni"), _info("exclusive_eni")
+    assert check_pod_limit(shared, InstanceLimits("a", 3, 6, 0, 3, False)) == 12  # (3-1) x 6 > 11
+    with pytest.raises(NodeBelowMinimum):
+        check_pod_limit(shared, InstanceLimits("b", 2, 11, 0, 2, False))  # exactly 11
+    assert check_pod_limit(exclusive, InstanceLimits("c", 8, 2, 0, 8, False)) == 7
+    with pytest.raises(NodeBelowMinimum):
+        check_pod_limit(exclusive, InstanceLimits("d", 7, 2, 0, 7, False))  # exactly 6
 
 
 def test_limits_from_api_entry() -> None:
