@@ -12,7 +12,11 @@ never touched), then for N pods measures:
                       deletion, ~16 ms of synchronize_net);
 * ``ptp ADD/DEL``  -- /usr/lib/cni/ptp + host-local exec'd like a runtime
                       (stdin config, CNI_* environment) inside the node
-                      namespace, for a ratio.
+                      namespace, for a ratio;
+* ``codec``        -- what pyroute2's message classes cost per message type
+                      (encode, decode of a real kernel reply), and the same
+                      requests through pyroute2's synchronous IPRoute, the
+                      figures behind docs/datapath.md "Why not IPRoute".
 
 The pod namespaces exist before each ADD and are not part of any timing
 (the runtime creates them).  Run as root::
@@ -36,7 +40,7 @@ from collections.abc import Callable
 
 from terway_agent import datapath as dp
 from terway_agent import log as _log
-from terway_agent.datapath import _probe, netns
+from terway_agent.datapath import _probe, _rtnl, netns
 from terway_agent.datapath import _reference as ref
 
 CNI_DIR = "/usr/lib/cni"
@@ -61,6 +65,11 @@ def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def per_call(fn: Callable[[], object], n: int) -> list[float]:
+    fn()  # warm
+    return [timed(fn) for _ in range(n)]
 
 
 def build_node(tag: str) -> tuple[str, str, int]:
@@ -122,6 +131,130 @@ def bench_executor(tag: str, n: int, node: str, vpc: str, eni_index: int) -> dic
     finally:
         for i in range(n):
             netns.remove(f"twdp-{tag}-p{i}")
+    return out
+
+
+def bench_codec(tag: str, node: str, n: int) -> dict[str, list[float]]:
+    """pyroute2's codec per message type, our socket path, and pyroute2's IPRoute, in the node namespace."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.fibmsg import fibmsg
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    out: dict[str, list[float]] = {}
+    with netns.enter(node):
+        nl = _rtnl.Rtnl()
+        ipr = IPRoute()
+    try:
+        eni = nl.link_get(name="eth1")
+        assert eni is not None
+        idx = eni.index
+        # encode, memo bypassed: what a request costs the first time
+        enc = {
+            "veth add": lambda: _rtnl._veth_msg.__wrapped__(
+                "cali0123456789a", "eth0", 7, 1500, "02:00:00:00:00:01", None, True, False
+            ),
+            "link set up": lambda: _rtnl._linkset_msg.__wrapped__(idx, True, None, None, None, None),
+            "link get": lambda: _rtnl._getlink_msg.__wrapped__("cali0123456789a", 0, None),
+            "addr add": lambda: _rtnl._addr_msg.__wrapped__(20, 0x605, 2, "10.9.0.5", 32, idx, 0),
+            "neigh add": lambda: _rtnl._neigh_msg.__wrapped__(28, 0x605, 2, idx, "169.254.1.1", ENI_MAC),
+            "route add": lambda: _rtnl._route_msg.__wrapped__(
+                24, 0x605, 2, "10.9.0.5", 32, 254, None, idx, 253, 3, None, False, None, 1
+            ),
+            "rule add": lambda: _rtnl._rule_msg.__wrapped__(
+                32, 0x605, 2, 2048, 1003, "10.9.0.5", 32, None, 0, None, None, None, None
+            ),
+        }
+        for label, fn in enc.items():
+            out[f"encode {label}"] = per_call(fn, n)
+        # decode real replies, memo bypassed
+        replies: dict[str, tuple[type, Callable[..., object], bytes]] = {}
+
+        def grab(label: str, cls: type, convert: Callable[..., object], request: bytes, dump: bool) -> None:
+            seq = nl._send(request)
+            for data, off, mlen, mtype, _flags in nl._replies(seq):
+                if mtype in (2, 3):
+                    break
+                replies.setdefault(label, (cls, convert, data[off + 16 : off + mlen]))
+                if not dump:
+                    break  # a dump is read to its end
+
+        grab("link (38 attributes)", ifinfmsg, _rtnl._link, _rtnl._getlink_msg("eth1", 0, None), False)
+        grab("link index+flags only", ifinfmsg, _rtnl._head, _rtnl._getlink_msg("eth1", 0, None), False)
+        grab("addr", ifaddrmsg, _rtnl._addr, _rtnl._addrdump_msg(0, idx), True)
+        grab("route", rtmsg, _rtnl._route, _rtnl._routedump_msg(2, ref.eni_table(idx), None), True)
+        grab("rule", fibmsg, _rtnl._rule, _rtnl._ruledump_msg(2), True)
+        grab("neigh", ndmsg, _rtnl._neigh, _rtnl._neighdump_msg(0, idx), True)
+        for label, (cls, convert, payload) in replies.items():
+            if label == "link index+flags only":
+                payload = payload[: cls.get_size()]
+            out[f"decode {label}"] = per_call(
+                lambda cls=cls, convert=convert, payload=payload: _rtnl._decoded.__wrapped__(
+                    cls, convert, payload
+                ),
+                n,
+            )
+        # whole requests: our socket path (encode memo cold and warm) vs IPRoute, same kernel work
+        route = {"family": 2, "dst": "10.9.0.9", "dst_len": 32, "table": 254, "oif": idx, "scope": 253}
+        rule = {
+            "family": 2,
+            "priority": 2048,
+            "table": 1003,
+            "src": "10.9.0.9",
+            "src_len": 32,
+            "dst": None,
+            "dst_len": 0,
+            "iifname": None,
+            "oifname": None,
+            "fwmark": None,
+            "fwmask": None,
+        }
+
+        def cold(fn: Callable[[], object]) -> Callable[[], object]:
+            def run() -> object:
+                for builder in (_rtnl._getlink_msg, _rtnl._route_msg, _rtnl._rule_msg, _rtnl._decoded):
+                    builder.cache_clear()
+                return fn()
+
+            return run
+
+        def ours_link() -> None:
+            nl.link_get(name="eth1")
+
+        def ours_route() -> None:
+            nl.route_add(proto=3, **route)
+            nl.route_del(**route)
+
+        def ours_rule() -> None:
+            nl.rule_add(**rule)
+            nl.rule_del(**rule)
+
+        requests = {
+            "link get": (ours_link, lambda: ipr.link("get", ifname="eth1")),
+            "route add+del": (
+                ours_route,
+                lambda: (
+                    ipr.route("add", dst="10.9.0.9/32", oif=idx, scope=253, proto=3),
+                    ipr.route("del", dst="10.9.0.9/32", oif=idx, scope=253),
+                ),
+            ),
+            "rule add+del": (
+                ours_rule,
+                lambda: (
+                    ipr.rule("add", priority=2048, table=1003, src="10.9.0.9", src_len=32),
+                    ipr.rule("del", priority=2048, table=1003, src="10.9.0.9", src_len=32),
+                ),
+            ),
+        }
+        for label, (ours, theirs) in requests.items():
+            out[f"Rtnl {label} (memo cold)"] = per_call(cold(ours), n)
+            out[f"Rtnl {label} (memo warm)"] = per_call(ours, n)
+            out[f"IPRoute {label}"] = per_call(theirs, n)
+    finally:
+        nl.close()
+        ipr.close()
     return out
 
 
@@ -202,7 +335,10 @@ def main() -> None:
     tag = "b" + secrets.token_hex(2)
     try:
         vpc, node, eni_index = build_node(tag)
+        memo_before = _rtnl.memo_stats()
         ours = bench_executor(tag, args.n, node, vpc, eni_index)
+        memo = {k: v - memo_before[k] for k, v in _rtnl.memo_stats().items()}
+        codec = bench_codec(tag, node, 200)
         have_ptp = os.path.exists(f"{CNI_DIR}/ptp") and os.path.exists(f"{CNI_DIR}/host-local")
         theirs = bench_ptp(tag, args.n, node) if have_ptp else {}
     finally:
@@ -214,6 +350,14 @@ def main() -> None:
     print("plan executor (in process, pod namespace entered with setns in the calling thread):")
     for label, samples in ours.items():
         print(line(label, samples))
+    print(
+        f"  memos: {memo['encode_hits']} encodes and {memo['decode_hits']} decodes reused, "
+        f"{memo['encode_misses']} and {memo['decode_misses']} done by pyroute2"
+    )
+    print("pyroute2 codec per message (memo bypassed) and whole requests, in microseconds:")
+    for label, samples in codec.items():
+        us = [x * 1e6 for x in samples]
+        print(f"  {label:<28} p50 {pct(us, 0.5):7.1f} us   p99 {pct(us, 0.99):7.1f} us")
     if theirs:
         print("Debian Go plugins exec'd like a runtime (containernetworking-plugins):")
         for label, samples in theirs.items():

@@ -21,7 +21,8 @@ and hand it to the executor::
     dp.remove(plan)                                        # idempotent: gone already = success
 
 * :func:`apply` observes the kernel, computes the difference and changes only
-  that: applying twice changes nothing.
+  that: applying twice changes nothing.  It returns when the result is usable
+  (links it brought up operational, IPv6 addresses it added out of DAD).
 * :func:`check` reports :class:`Problem` s (missing / different) without changing anything.
 * :func:`remove` is idempotent; :func:`prune` removes what an older plan had
   and a newer one does not.

@@ -5,7 +5,8 @@ Private; the public entry points are re-exported by :mod:`terway_agent.datapath`
 How each kind is observed (one request per group, never one per object):
 
 * links -- ``RTM_GETLINK`` by name (a veth's peer is verified through its
-  ifindex and the namespace id of the peer's namespace);
+  ifindex and the namespace id of the peer's namespace); where only the index
+  and state matter, only ``struct ifinfomsg`` is decoded;
 * addresses / neighbours -- one dump filtered by the kernel to the device;
 * routes -- one dump per (namespace, family, table[, device]) filtered by the
   kernel (``NETLINK_GET_STRICT_CHK``);
@@ -19,10 +20,15 @@ Objects on a device this very call created (a new veth, a link just moved into
 a namespace) cannot exist yet, so they are created without observing; an
 EEXIST then means something raced us and is resolved by observing and
 comparing (Neutron's "EEXIST is success after verifying it matches").
+
+Apply returns when what it brought up is usable: links it brought up are
+operational (the kernel's link watch has run) and IPv6 addresses it added have
+left the tentative state (``_Apply.settle``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -40,6 +46,11 @@ from terway_agent.datapath import netns as _netns
 from terway_agent.datapath._rtnl import (
     IFA_F_NODAD,
     IFA_F_NOPREFIXROUTE,
+    IFA_F_TENTATIVE,
+    IFF_LOOPBACK,
+    IFF_LOWER_UP,
+    IFF_RUNNING,
+    IFF_UP,
     NUD_PERMANENT,
     RTNH_F_ONLINK,
     TC_H_CLSACT,
@@ -48,6 +59,7 @@ from terway_agent.datapath._rtnl import (
     TC_H_ROOT,
     TCA_BPF_FLAG_ACT_DIRECT,
     Link,
+    LinkHead,
     NetlinkError,
     Rtnl,
     bpf_filter_info,
@@ -91,6 +103,8 @@ _CHILD_KINDS = frozenset({"vlan", "macvlan", "macvtap", "ipvlan", "ipvtap", "bri
 _TBF_HANDLE = 0x10000  # 1:
 _CLSACT_HANDLE = 0xFFFF0000
 _tls = threading.local()
+# How long apply waits for the kernel to make what it brought up usable (see _Apply.settle).
+_SETTLE_TIMEOUT = 10.0
 
 #: Default time to wait for a device with a given MAC to appear.
 DEFAULT_LINK_TIMEOUT = 10.0
@@ -154,7 +168,13 @@ class _Session:
         self._nsids: dict[tuple[str | None, str | None], int] = {}
         self._exists: dict[str, bool] = {}
         self._in_main: bool | None = None
+        # index and flags of links whose attributes nothing compared (a cheaper lookup)
+        self._heads: dict[tuple[str | None, str], LinkHead | None] = {}
+        # links created (or moved in) by this call: nothing can be on them yet
         self.fresh: set[tuple[str | None, str]] = set()
+        # links this call brought up, and IPv6 addresses it added: apply waits for both to be usable
+        self.raised: dict[tuple[str | None, str], None] = {}
+        self.added6: list[Address] = []
         self.link_timeout = link_timeout
 
     def close(self) -> None:
@@ -219,6 +239,7 @@ class _Session:
     # -- links
 
     def link(self, netns: str | None, name: str) -> Link | None:
+        """The link with every attribute the executor compares (kind, peer, MTU, MAC)."""
         key = (netns, name)
         if key not in self._links:
             try:
@@ -227,11 +248,53 @@ class _Session:
                 raise _translate(exc, f"cannot look up link {name}", netns=netns, device=name) from exc
         return self._links[key]
 
+    def head(self, netns: str | None, name: str) -> Link | LinkHead | None:
+        """The link's index and flags; a full observation if there is one already."""
+        key = (netns, name)
+        if key in self._links:
+            return self._links[key]
+        if key not in self._heads:
+            try:
+                self._heads[key] = self.nl(netns).link_head(name=name)
+            except NetlinkError as exc:
+                raise _translate(exc, f"cannot look up link {name}", netns=netns, device=name) from exc
+        return self._heads[key]
+
+    def created_veth(self, o: Veth) -> None:
+        """``o`` was just created: both ends are fresh (nothing can be on them yet)."""
+        for ns, name in ((o.netns, o.name), (o.peer_netns, o.peer_name)):
+            self.forget(ns, name)
+            self.fresh.add((ns, name))
+
+    def changed(self, netns: str | None, device: str, /, **kw: Any) -> None:
+        """Link ``device`` was changed by ``link_set(**kw)``: keep the cache true without a lookup."""
+        key = (netns, device)
+        if "name" in kw or "netns_fd" in kw:
+            self.forget(netns, device)
+            return
+        up = kw.get("up")
+        for cache in (self._links, self._heads):
+            link = cache.get(key)
+            if link is None:
+                continue
+            flags = link.flags
+            if up is not None:
+                # IFF_RUNNING and IFF_LOWER_UP follow later: settle() asks the kernel
+                flags = (flags | IFF_UP) if up else (flags & ~(IFF_UP | IFF_RUNNING | IFF_LOWER_UP))
+            if isinstance(link, Link):
+                cache[key] = dataclasses.replace(
+                    link, flags=flags, mtu=kw.get("mtu") or link.mtu, mac=kw.get("mac") or link.mac
+                )
+            else:
+                cache[key] = dataclasses.replace(link, flags=flags)
+
     def forget(self, netns: str | None, name: str) -> None:
         self._links.pop((netns, name), None)
+        self._heads.pop((netns, name), None)
 
-    def dev(self, netns: str | None, name: str) -> Link:
-        link = self.link(netns, name)
+    def dev(self, netns: str | None, name: str) -> Link | LinkHead:
+        """The link's index and flags; NotFound if there is no such device."""
+        link = self.head(netns, name)
         if link is None:
             raise NotFound(f"device {name} not found in {_where(netns)}", netns=netns or "host", device=name)
         return link
@@ -477,6 +540,121 @@ class _Apply:
                 self.qdisc(q)
         for f in _of(self.plan, BpfFilter):
             self.bpf(f)
+        self.settle()
+
+    # -- readiness
+
+    def settle(self) -> None:
+        """Wait until what this call brought up is usable.
+
+        The kernel finishes some work after the requests return: a link whose
+        carrier just came on is made operational by its link watch (until then
+        its queue drops packets and IPv6 has not configured it), and an IPv6
+        address stays tentative until duplicate address detection is done
+        (``nodad``: until the address work item has run).  Apply returns when
+        both are done, so a pod can send and bind at once; a link without
+        carrier and an address that cannot finish DAD yet (DAD needs the link
+        operational) are not waited for.
+        """
+        s = self.s
+        if not s.raised and not s.added6:
+            return
+        # Opening one end of a veth puts the carrier on both: the other end's
+        # queue is activated by the same asynchronous link watch, so it is
+        # waited for too -- also when it is not in the plan (an emulated ENI's
+        # far end), through the namespace id the kernel gives it.
+        covered: set[tuple[str | None, str]] = set()
+        for o in _of(self.plan, Veth):
+            ends = ((o.netns, o.name), (o.peer_netns, o.peer_name))
+            covered.update(ends)
+            if any(end in s.raised for end in ends):
+                s.raised.update(dict.fromkeys(ends))
+        deadline = time.monotonic() + _SETTLE_TIMEOUT
+        running: dict[tuple[str | None, str], bool] = {}
+        far_ends: list[tuple[str | None, str, Link]] = []
+        for ns, name in s.raised:
+            link = s.head(ns, name)
+            if link is None:
+                continue
+            running[(ns, name)] = up = self._wait_running(ns, name, link.index, deadline)
+            if up and (ns, name) not in covered and not link.flags & IFF_LOOPBACK:
+                full = s.link(ns, name)
+                if full is not None and full.kind == "veth" and full.peer_index:
+                    far_ends.append((ns, name, full))
+        for ns, name, full in far_ends:
+            self._wait_running(
+                ns, f"the peer of {name}", full.peer_index or 0, deadline, target_nsid=full.link_netnsid
+            )
+        for o in s.added6:
+            key = (o.netns, o.dev)
+            link = s.dev(*key)
+            if not o.nodad:  # DAD runs only on an operational link
+                if key not in running:
+                    running[key] = self._wait_running(o.netns, o.dev, link.index, deadline)
+                if not running[key]:
+                    continue
+            self._wait_address(o, link.index, deadline)
+
+    def _wait_running(
+        self, netns: str | None, name: str, index: int, deadline: float, *, target_nsid: int | None = None
+    ) -> bool:
+        """Wait for IFF_RUNNING if the link is up with carrier; whether it is running."""
+        nl = self.s.nl(netns)
+        delay = 0.0002
+        while True:
+            try:
+                head = nl.link_head(index=index, target_nsid=target_nsid)
+            except NetlinkError as exc:
+                raise _translate(exc, f"cannot observe {name}", netns=netns, device=name) from exc
+            if head is None:
+                raise NotFound(
+                    f"device {name} disappeared from {_where(netns)}", netns=netns or "host", device=name
+                )
+            flags = head.flags
+            if flags & IFF_RUNNING:
+                return True
+            if not flags & IFF_UP or not flags & IFF_LOWER_UP:
+                return False  # down or no carrier: nothing is pending
+            if time.monotonic() >= deadline:
+                raise DatapathError(
+                    f"{name} in {_where(netns)} has carrier but the kernel did not make it "
+                    f"operational within {_SETTLE_TIMEOUT:g} s",
+                    netns=netns or "host",
+                    device=name,
+                    errno=errno.ETIMEDOUT,
+                    errno_name="ETIMEDOUT",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _wait_address(self, o: Address, index: int, deadline: float) -> None:
+        """Wait for an IPv6 address this call added to leave the tentative state."""
+        delay = 0.0002
+        while True:
+            found, _why = _addr_state(o, self._addr_dump(o, index))
+            if found is None:
+                return  # removed meanwhile by someone else: nothing to wait for
+            if found.flags & _IFA_F_DADFAILED:
+                raise DatapathError(
+                    f"cannot use {o.describe()}: duplicate address detection failed "
+                    "(another host on the link has it)",
+                    netns=o.netns or "host",
+                    device=o.dev,
+                    errno=errno.EADDRINUSE,
+                    errno_name="EADDRINUSE",
+                )
+            if not found.flags & IFA_F_TENTATIVE:
+                return
+            if time.monotonic() >= deadline:
+                raise DatapathError(
+                    f"{o.describe()} is still tentative after {_SETTLE_TIMEOUT:g} s",
+                    netns=o.netns or "host",
+                    device=o.dev,
+                    errno=errno.ETIMEDOUT,
+                    errno_name="ETIMEDOUT",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     # -- links
 
@@ -530,10 +708,7 @@ class _Apply:
                     errno=errno.EEXIST,
                 ) from exc
             raise _translate(exc, f"cannot create {o.describe()}", netns=o.netns, device=o.name) from exc
-        s.forget(o.netns, o.name)
-        s.forget(o.peer_netns, o.peer_name)
-        s.fresh.add((o.netns, o.name))
-        s.fresh.add((o.peer_netns, o.peer_name))
+        s.created_veth(o)
         self.mark(o, outcome)
 
     def _fix_veth(self, o: Veth, host: Link) -> None:
@@ -601,7 +776,11 @@ class _Apply:
             s.fresh.add((o.netns, o.name))
         s.forget(o.netns, o.name)
         if o.mtu is not None:
-            moved = s.dev(o.netns, o.name)
+            moved = s.link(o.netns, o.name)
+            if moved is None:
+                raise NotFound(
+                    f"device {o.name} not found in {_where(o.netns)}", netns=o.netns or "host", device=o.name
+                )
             if moved.mtu != o.mtu:
                 self._set(o.netns, o.name, moved.index, mtu=o.mtu)
         self.mark(o, "created")
@@ -611,16 +790,22 @@ class _Apply:
             self.s.nl(netns).link_set(index, **kw)
         except NetlinkError as exc:
             raise _translate(exc, f"cannot change {device}", netns=netns, device=device) from exc
-        self.s.forget(netns, device)
+        self.s.changed(netns, device, **kw)
 
     def link_state(self, o: LinkState) -> None:
         link = self.s.dev(o.netns, o.name)
         fresh = (o.netns, o.name) in self.s.fresh
         if link.up == o.up:
             # folded into the creation of the link (veth host end) or already so
-            self.mark(o, "created" if fresh and o.up else "unchanged")
+            if fresh and o.up:
+                self.s.raised[(o.netns, o.name)] = None
+                self.mark(o, "created")
+            else:
+                self.mark(o, "unchanged")
             return
         self._set(o.netns, o.name, link.index, up=o.up)
+        if o.up:
+            self.s.raised[(o.netns, o.name)] = None
         self.mark(o, "created" if fresh else "changed")
 
     # -- sysctls
@@ -690,6 +875,8 @@ class _Apply:
                     device=o.dev,
                     errno=errno.EEXIST,
                 ) from exc
+            if o.family == 6:
+                s.added6.append(o)
             self.mark(o, "created" if fresh or found is None else "changed")
 
     def _addr_dump(self, o: Address, index: int) -> list[Any]:
@@ -920,10 +1107,17 @@ def apply(
     object is reported ``unchanged``).  Objects not in the plan are never
     touched (use :func:`prune` to drop what an older plan had).
 
+    Returns when the result is usable: every link it brought up is
+    operational (``IFF_RUNNING``; links without carrier are not waited for)
+    and every IPv6 address it added has left the tentative state (``nodad``:
+    microseconds; with DAD on an operational link: 1-2 s).
+
     :param bpf_fds: program fds for :class:`BpfFilter` slots.
     :param link_timeout: seconds to wait for a :class:`MovedLink`'s device to appear.
     :raises NotFound: a namespace, device or MAC the plan relies on is missing.
-    :raises DatapathError: the kernel refused a change (details: device, netns, errno).
+    :raises DatapathError: the kernel refused a change (details: device, netns, errno),
+        duplicate address detection failed (``EADDRINUSE``) or the kernel did not
+        finish bringing something up within 10 s (``ETIMEDOUT``).
     :raises InvalidInput: a BpfFilter slot without an fd.
 
     Blocking; call it from a worker thread (:func:`apply_async`).  On error
@@ -983,8 +1177,8 @@ def check(plan: Plan, *, bpf_fds: dict[str, int] | None = None) -> list[Problem]
     def missing(o: PlanObject, why: str = "") -> None:
         problem(o, "missing", f"{o.describe()}: missing{': ' + why if why else ''}")
 
-    def dev(o: PlanObject, name: str) -> Link | None:
-        link = s.link(o.netns, name)
+    def dev(o: PlanObject, name: str) -> Link | LinkHead | None:
+        link = s.head(o.netns, name)
         if link is None:
             missing(o, f"device {name} does not exist")
         return link
@@ -1015,7 +1209,7 @@ def _check_one(
     s: _Session,
     problem: Callable[[PlanObject, str, str], None],
     missing: Callable[..., None],
-    dev: Callable[[PlanObject, str], Link | None],
+    dev: Callable[[PlanObject, str], Link | LinkHead | None],
     cached: Callable[[tuple[Any, ...], Callable[[], Any]], Any],
     fds: dict[str, int],
 ) -> None:
@@ -1281,7 +1475,7 @@ def _remove_one(s: _Session, o: PlanObject) -> bool:
     dev_name = getattr(o, "dev", None)
     index = None
     if dev_name is not None:
-        link = s.link(o.netns, dev_name)
+        link = s.head(o.netns, dev_name)
         if link is None:
             return False
         index = link.index

@@ -6,7 +6,9 @@ Terway (terway-facts "Datapath"):
 
 * pod: veth ``eth0`` with the pod IP /32, ``default via 169.254.1.1 dev eth0
   onlink`` and a PERMANENT neighbour 169.254.1.1 -> the host veth's MAC (IPv6:
-  fe80::1 the same way, accept_ra=0, nodad);
+  fe80::1 the same way, accept_ra=0, nodad; the host veth holds fe80::1/128
+  nodad, as the original does with extra routes, so the node can resolve the
+  pod without waiting for DAD of its own link-local address);
 * node: host veth ``cali<sha1(ns.name)[:11]>``, ``<podIP>/32 dev cali... scope link``,
   rules prio 512 ``to <podIP> lookup main`` and prio 2048 ``from <podIP> lookup
   1000+<ENI ifindex>``;
@@ -116,6 +118,10 @@ def shared_eni_pod_plan(
             Address(dev="eth0", address=f"{pod_ip6}/128", netns=pod_netns, nodad=True),
             Neighbour(dev="eth0", ip=POD_GATEWAY6, lladdr=host_mac, netns=pod_netns),
             Route(dst="::/0", gateway=POD_GATEWAY6, dev="eth0", netns=pod_netns),
+            # The node finds the pod by neighbour discovery, which needs a usable
+            # link-local source on the host veth: the kernel's own is tentative
+            # for 1-2 s (DAD), so the gateway address goes there too, nodad.
+            Address(dev=host_veth, address=f"{POD_GATEWAY6}/128", netns=node_netns, nodad=True),
             Route(dst=f"{pod_ip6}/128", dev=host_veth, netns=node_netns),
             Rule(priority=512, dst=f"{pod_ip6}/128", table=MAIN_TABLE, netns=node_netns),
             Rule(priority=2048, src=f"{pod_ip6}/128", table=table, netns=node_netns),

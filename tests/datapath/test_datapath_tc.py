@@ -74,6 +74,23 @@ def test_tbf_limits_egress_and_ingress_throughput(shared_eni):
     assert dp.remove(dp.Plan((faster,))).absent == (faster,)
 
 
+def test_tbf_rate_beyond_32_bits(make_netns):
+    """Rates of 2^32 B/s and more travel in TCA_TBF_RATE64 and are read back from it."""
+    ns = make_netns("t64")
+    link = dp.Veth(name="twdpt0", netns=ns, peer_name="twdpt1", peer_netns=ns)
+    fast = dp.Tbf.for_bandwidth(dev="twdpt0", netns=ns, bits_per_s=40_000_000_000)  # 5e9 B/s
+    assert fast.rate_bytes_per_s > 0xFFFFFFFF
+    plan = dp.Plan((link, fast))
+    assert fast in dp.apply(plan).created
+    root = [q for q in _tc_json(ns, "twdpt0") if q.get("root")][0]
+    assert root["kind"] == "tbf" and root["options"]["rate"] == fast.rate_bytes_per_s
+    assert dp.check(plan) == []
+    assert dp.apply(plan).unchanged == plan.objects
+    slower = dp.Tbf.for_bandwidth(dev="twdpt0", netns=ns, bits_per_s=32_000_000_000)
+    diff = dp.check(dp.Plan((slower,)))
+    assert len(diff) == 1 and "rate is 5000000000 B/s, expected 4000000000" in diff[0].description
+
+
 # --- eBPF ------------------------------------------------------------------------
 
 _BPF_PROG_LOAD = 5

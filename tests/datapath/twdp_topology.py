@@ -136,7 +136,17 @@ def build_shared_eni(make_netns: Callable[[str], str]) -> SharedEni:
     )
     dp.apply(vpc_plan)
     # A node always has lo up (the kernel needs its local table to accept an onlink gateway).
-    dp.apply(dp.Plan((dp.LinkState(name="lo", netns=node),)))
+    # Its ENI has been up for long: no duplicate address detection is pending on it
+    # (IPv6 neighbour discovery for forwarded packets needs a settled link-local
+    # address), so DAD is off before the emulated ENI comes up.
+    dp.apply(
+        dp.Plan(
+            (
+                dp.LinkState(name="lo", netns=node),
+                dp.Sysctl(path="net/ipv6/conf/eth1/accept_dad", value="0", netns=node),
+            )
+        )
+    )
     eni = dp.find_link_by_mac(ENI_MAC, node, timeout=2)
     node_plan = ref.eni_node_plan(
         eni_dev=eni.name, eni_ifindex=eni.index, gateway4=GATEWAY4, gateway6="fe80::1", node_netns=node

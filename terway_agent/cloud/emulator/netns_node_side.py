@@ -12,7 +12,8 @@ Layout (all of it built with :mod:`terway_agent.datapath` plans):
   topology) whose primary ENI ``eth0`` is a veth with the ENI's MAC, holding
   the primary IP with the vSwitch prefix and a default route via the gateway --
   like a VM after DHCP (its first IPv6 address as a /128 with a default route
-  via the IPv6 gateway);
+  via the IPv6 gateway; no duplicate address detection pending, like a NIC
+  that has been up for long);
 * the VPC ends answer ARP for every routed address (proxy ARP, no delay),
   like Alibaba's vSwitch ARP proxy, so hosts of one subnet reach each other
   through the VPC;
@@ -179,6 +180,18 @@ class NetnsNodeSide:
             node = inst.netns
             vs = primary.vswitch
             prefix4 = ipaddress.ip_network(vs.cidr4).prefixlen
+            # The primary ENI of a running VM finished duplicate address
+            # detection long ago: DAD is off before it comes up, so IPv6
+            # neighbour discovery from it (which needs a settled link-local
+            # address) works at once, like on a real node.
+            dp.apply(
+                dp.Plan(
+                    (
+                        *self._eni_device(primary, inst, name="eth0"),
+                        dp.Sysctl(path="net/ipv6/conf/eth0/accept_dad", value="0", netns=node),
+                    )
+                )
+            )
             objs: list[dp.PlanObject] = [
                 dp.LinkState(name="lo", netns=node),
                 *self._eni_device(primary, inst, name="eth0"),

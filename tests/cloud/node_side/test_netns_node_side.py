@@ -29,6 +29,34 @@ def _addresses(ns: str, dev: str) -> list[str]:
         ipr.close()
 
 
+def _ipv6_flags(ns: str, dev: str) -> dict[str, int]:
+    """{address: IFA flags} of dev's IPv6 addresses, read with pyroute2."""
+    from pyroute2 import IPRoute
+
+    with netns.enter(ns):
+        ipr = IPRoute()
+    try:
+        idx = ipr.link_lookup(ifname=dev)[0]
+        return {
+            a.get("address"): a.get("IFA_FLAGS", a["flags"])
+            for a in ipr.addr("dump", index=idx)
+            if a["family"] == 10
+        }
+    finally:
+        ipr.close()
+
+
+def _link_flags(ns: str, dev: str) -> int:
+    from pyroute2 import IPRoute
+
+    with netns.enter(ns):
+        ipr = IPRoute()
+    try:
+        return ipr.link("get", ifname=dev)[0]["flags"]
+    finally:
+        ipr.close()
+
+
 def test_attach_makes_a_device_detach_takes_it_away(node_side, node_name):
     node = node_name("n1")
     node_side.add_instance("i-1", node, eni(1, device_index=0, primary_ip="192.168.32.10"))
@@ -129,6 +157,16 @@ def test_ipv6_node_reaches_its_gateway_and_the_other_node(node_side, node_name):
         "i-6b", b, eni(10, device_index=0, primary_ip="192.168.32.91", ipv6s=("2408:4005:300::91",))
     )
     path_a = node_side.node_netns("i-6a")
+    path_b = node_side.node_netns("i-6b")
+    # add_instance returns with the links operational and the addresses out of
+    # DAD (a tentative address receives nothing; an inactive veth queue drops)
+    for path, ip in ((path_a, "2408:4005:300::90"), (path_b, "2408:4005:300::91")):
+        assert _ipv6_flags(path, "eth0")[ip] & 0x40 == 0  # IFA_F_TENTATIVE
+        assert _link_flags(path, "eth0") & 0x40  # IFF_RUNNING
+    vpc_ends = [node_side.vpc_link(f"eni-twdp{n:04d}") for n in (9, 10)]
+    for end in vpc_ends:
+        assert _link_flags(node_side.vpc_netns, end) & 0x40
+        assert _ipv6_flags(node_side.vpc_netns, end)[VSW.gateway6] & 0x40 == 0
     assert _probe.ping(path_a, VSW.gateway6, timeout=3) > 0
     assert _probe.ping(path_a, "2408:4005:300::91", timeout=3) > 0
 
