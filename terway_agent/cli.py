@@ -6,6 +6,8 @@ Subcommands::
     terway-agent plugins      installed modes and extensions, versions, hooks (--json)
     terway-agent info         ask a running agent what it is doing
     terway-agent attachments  list the attachments a running agent holds (--json)
+    terway-agent pool         the IPAM's ENIs, addresses, owners and inhibits (--json)
+    terway-agent mapping      check that store, cloud and kernel agree (exit 1 if not)
     terway-agent install-cni  place the terway CNI executable into a CNI bin dir
     terway-agent state reset-mode   forget which mode ran pods (after draining)
     terway-agent demo         the README demo
@@ -84,9 +86,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger = log.get_logger("terway_agent.cli")
     for w in warnings:
         logger.warning("config.warning", problem=w)
-    agent = Agent(settings)
     try:
-        trio.run(agent.run)
+        if settings.use_kubernetes:
+            # labels, ConfigMaps, pods and events through the API (terway_agent/k8s)
+            from terway_agent.k8s import run_agent
+
+            trio.run(run_agent, settings)
+        else:
+            trio.run(Agent(settings).run)
     except BaseException as exc:
         err = terway_error_in(exc)
         if err is None:
@@ -182,24 +189,57 @@ def launcher_text(python: str, package_root: str) -> str:
     )
 
 
-def install_cni(bin_dir: str, *, name: str = "terway") -> str:
-    """Write the launcher atomically into ``bin_dir``; returns its path."""
+#: The modules the CNI executable consists of: standard library only.
+CNI_MODULES = ("__init__.py", "protocol.py", "cni/__init__.py", "cni/main.py")
+
+
+def standalone_cni(python: str) -> bytes:
+    """A self-contained ``terway`` executable: a zip application of the CNI
+    modules with a ``#!<python> -IS`` line, for a host interpreter that has
+    nothing of this project installed (the DaemonSet's init container writes it
+    from the image onto the node)."""
+    import io
+    import zipfile
+
     import terway_agent
 
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(terway_agent.__file__)))
-    text = launcher_text(sys.executable, package_root)
+    root = os.path.dirname(os.path.abspath(terway_agent.__file__))
+    buf = io.BytesIO()
+    buf.write(f"#!{python} -IS\n".encode())
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
+        for rel in CNI_MODULES:
+            with open(os.path.join(root, rel), "rb") as f:
+                zf.writestr(f"terway_agent/{rel}", f.read())
+        zf.writestr("__main__.py", "from terway_agent.cni.main import main\nmain()\n")
+    return buf.getvalue()
+
+
+def install_cni(bin_dir: str, *, name: str = "terway", standalone_python: str | None = None) -> str:
+    """Write the CNI executable atomically into ``bin_dir``; returns its path.
+
+    By default a launcher for this interpreter and this installation; with
+    ``standalone_python`` a self-contained zip application for that interpreter.
+    """
+    if standalone_python:
+        data = standalone_cni(standalone_python)
+    else:
+        import terway_agent
+
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(terway_agent.__file__)))
+        data = launcher_text(sys.executable, package_root).encode()
     os.makedirs(bin_dir, exist_ok=True)
     target = os.path.join(bin_dir, name)
     tmp = f"{target}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.chmod(tmp, 0o755)
     os.replace(tmp, target)
     return target
 
 
 def cmd_install_cni(args: argparse.Namespace) -> int:
-    print(install_cni(args.bin_dir))
+    python = args.python if args.standalone else None
+    print(install_cni(args.bin_dir, standalone_python=python))
     return 0
 
 
@@ -257,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("install-cni", help="place the terway CNI executable into a CNI bin dir")
     p.add_argument("--bin-dir", default="/opt/cni/bin")
+    p.add_argument("--standalone", action="store_true",
+                   help="write a self-contained executable for the host's Python (from a container image)")
+    p.add_argument("--python", default="/usr/bin/python3", help="the host interpreter for --standalone")
     p.set_defaults(func=cmd_install_cni)
 
     p = sub.add_parser("state", help="inspect or reset the agent's state")
@@ -264,9 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="/var/lib/terway-agent")
     p.set_defaults(func=cmd_state)
 
+    from terway_agent.ipam._cli import add_commands as add_ipam_commands
+
+    add_ipam_commands(sub)  # pool, mapping
+
     p = sub.add_parser("demo", help="run the README demo")
     p.add_argument("--workdir", default="/tmp/terway-demo")
     p.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
+    p.add_argument("--standalone", action="store_true", help="one node without a cloud (the example mode)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -14,6 +14,12 @@ ANN_INGRESS = "k8s.aliyun.com/ingress-bandwidth"
 ANN_EGRESS = "k8s.aliyun.com/egress-bandwidth"
 K8S_ANN_INGRESS = "kubernetes.io/ingress-bandwidth"
 K8S_ANN_EGRESS = "kubernetes.io/egress-bandwidth"
+ANN_POD_IP_RESERVATION = "k8s.aliyun.com/pod-ip-reservation"
+
+
+def wants_ip_reservation(annotations: Mapping[str, str]) -> bool:
+    """``k8s.aliyun.com/pod-ip-reservation: "true"``: keep the pod's IP for its successor."""
+    return str(annotations.get(ANN_POD_IP_RESERVATION, "")).strip().lower() == "true"
 
 _QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?\s*$")
 _SUFFIX = {

@@ -207,7 +207,12 @@ class CNIService:
             info = await self.pod_lookup(pod)
             if info is not None:
                 annotations, owner_kind = info.annotations, info.owner_kind
-        bandwidth = bandwidth_from(runtime_config, annotations) if verb == "ADD" else None
+        try:
+            bandwidth = bandwidth_from(runtime_config, annotations) if verb == "ADD" else None
+        except InvalidInput as exc:
+            if pod.namespace:
+                self.ctx.events.record(f"Pod/{pod.key}", "Pod", "AllocIPFailed", f"Alloc IP failed: {exc}", warning=True)
+            raise
         prev = conf.get("prevResult")
         kw: dict[str, Any] = {}
         if bandwidth is not None:

@@ -312,3 +312,26 @@ def test_bandwidth_annotation_values_are_validated_by_name(agent: Agent, make_po
     r = agent.cni("ADD", "bw1", netns_path=make_pod_ns(), conf=conf)
     assert r.rc == 1 and r.code == 7
     assert "runtimeConfig.bandwidth.ingressRate: got 10" in r.out["msg"]
+
+
+def test_standalone_executable_for_the_hosts_python(agent: Agent, make_pod_ns, tmp_path) -> None:
+    """What the DaemonSet's init container installs from the image: a zip
+    application for the host's own interpreter, nothing of this project needed."""
+    import os
+
+    from terway_agent.cli import install_cni
+
+    host_python = "/usr/bin/python3"
+    if not os.path.exists(host_python):
+        pytest.skip(f"{host_python} is not on this machine")
+    path = install_cni(str(tmp_path / "hostbin"), standalone_python=host_python)
+    ns = make_pod_ns()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "standalone1", "CNI_NETNS": ns, "CNI_IFNAME": "eth0",
+           "CNI_PATH": str(tmp_path / "hostbin"), "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=sa"}
+    conf = json.dumps(agent.conf()).encode()
+    p = subprocess.run([path], input=conf, env=env, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout)["ips"][0]["address"].endswith("/32")
+    p = subprocess.run([path], input=conf, env=dict(env, CNI_COMMAND="DEL"), capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert agent.attachments() == []

@@ -31,6 +31,7 @@ from terway_agent.plugin import (
     Status,
     hookimpl,
 )
+from terway_agent.podspec import wants_ip_reservation
 from terway_mode_shared_eni import _gc, _plan
 
 __version__ = "0.1.0"
@@ -60,8 +61,9 @@ def terway_mode_info() -> ModeInfo:
 
 
 def _sticky(ctx: ModeContext, request: PodRequest) -> bool:
+    """StatefulSet-like owners and pods annotated ``k8s.aliyun.com/pod-ip-reservation: "true"`` keep their IP."""
     kinds = set(STATEFUL_KINDS) | set(ctx.config.eni.custom_stateful_workload_kinds)
-    return bool(request.owner_kind) and request.owner_kind in kinds
+    return (bool(request.owner_kind) and request.owner_kind in kinds) or wants_ip_reservation(request.annotations)
 
 
 

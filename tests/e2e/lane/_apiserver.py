@@ -62,6 +62,7 @@ class ApiServer:
         self.kubelet_token = suffix(16)
         self.kubeconfig = self.workdir.path / "admin.kubeconfig"
         self.pki: Pki | None = None
+        self._apiserver_argv: list[str] = []
         self._etcd_dir: Path | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ class ApiServer:
                 "--v=1",
                 *extra_args,
             ]
+            self._apiserver_argv = list(argv)
             self.apiserver = wd.spawn("kube-apiserver", argv)
             try:
                 wait_until(
@@ -179,6 +181,30 @@ class ApiServer:
                 proc.stop()
         _cleanup.release_resources(self.workdir.resources, self.workdir.path)
         self.workdir.remove()
+
+    def restart_apiserver(self, *, down_for: float = 0.0, timeout: float = 90) -> float:
+        """Stop kube-apiserver (SIGTERM, by PID) and start it again with the same arguments and port;
+        etcd keeps running, so every object and resourceVersion survives. Waits until ``/readyz``.
+
+        ``down_for``: seconds to stay down. Returns the seconds the API was unavailable.
+        """
+        import time
+
+        if self.apiserver is None or not self._apiserver_argv:
+            raise LaneError("restart_apiserver: the apiserver was never started")
+        started = time.monotonic()
+        self.apiserver.stop()
+        time.sleep(down_for)
+        self.apiserver = self.workdir.spawn("kube-apiserver", self._apiserver_argv)
+        proc = self.apiserver
+        wait_until(
+            "kube-apiserver /readyz after restart",
+            lambda: self._get("/readyz", raw=True) == "ok",
+            timeout=timeout,
+            interval=0.2,
+            alive=proc.dead_message,
+        )
+        return time.monotonic() - started
 
     def __enter__(self) -> ApiServer:
         return self
