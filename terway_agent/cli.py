@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger = log.get_logger("terway_agent.cli")
     for w in warnings:
         logger.warning("config.warning", problem=w)
+    code = 0
     try:
         if settings.use_kubernetes:
             # labels, ConfigMaps, pods and events through the API (terway_agent/k8s)
@@ -100,8 +101,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         logger.error("agent.failed", error=err.message, **{k: v for k, v in err.details.items() if k != "event"})
         print(f"terway-agent: {err.message}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    # The agent has stopped and its state is committed.  Worker threads that
+    # were abandoned in a blocking read (a Kubernetes watch) may still be
+    # parked in C code; tearing the interpreter down around them can abort the
+    # process (SIGABRT from glibc's thread unwinding), turning a clean exit
+    # code into a crash.  Leave without finalisation instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def terway_error_in(exc: BaseException) -> TerwayError | None:

@@ -116,7 +116,8 @@ class SimAgent:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
-            if self.accepts():
+            # ready = the socket accepts and the conflist is written (right after listen)
+            if self.accepts() and self.conflist.exists():
                 return
             time.sleep(0.02)
         raise AssertionError(f"agent did not serve within {timeout}s:\n{self.log()}")

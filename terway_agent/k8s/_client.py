@@ -310,8 +310,11 @@ class Kube:
                 resp.release_conn()
             return json.loads(data) if data else None
 
+        # A read may be abandoned on cancellation (shutdown stays prompt); a
+        # write is not: it finishes, bounded by the request timeout.
+        read_only = op.split(" ", 1)[0] in ("get", "list") or op.startswith("create selfsubjectaccessreviews")
         try:
-            result = await trio.to_thread.run_sync(run, limiter=self._limiter, abandon_on_cancel=True)
+            result = await trio.to_thread.run_sync(run, limiter=self._limiter, abandon_on_cancel=read_only)
         except Exception as exc:
             err = translate(exc, op)
             if err.status == 404 and not_found is not KubeRequestError:
