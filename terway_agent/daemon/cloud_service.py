@@ -77,14 +77,15 @@ def check_pod_limit(info: ModeInfo, limits: InstanceLimits) -> int:
 
 async def cloud_service(agent: Agent, nursery: trio.Nursery) -> None:
     """Connect the agent to the cloud (a :data:`terway_agent.daemon.app.Service`); see the module doc."""
+    info = agent.host.info
+    if not info.needs_cloud:
+        return
+    # Imported only now: a mode without a cloud never loads the SDK.
     from terway_agent.cloud.client import CloudClient
     from terway_agent.cloud.limits import get_instance_limits
     from terway_agent.cloud.metadata import MetadataClient
     from terway_agent.cloud.settings import CloudSettings
 
-    info = agent.host.info
-    if not info.needs_cloud:
-        return
     ctx = agent.ctx
     assert ctx is not None
     endpoint = agent.settings.cloud or CloudEndpoint()

@@ -27,13 +27,14 @@ async def ipam_service(agent: Agent, nursery: trio.Nursery) -> None:
     serves), sets ``ctx.ipam`` and registers the ``_pool`` and ``_mapping``
     queries (``terway-agent pool`` / ``terway-agent mapping``).
     """
-    from . import PoolTuning, new_ipam
-    from ._mapping import mapping_report
-
     ctx = agent.ctx
     assert ctx is not None
     if ctx.cloud is None:
         return
+    # Imported only now: a mode without a cloud never loads the pool (nor the SDK behind it).
+    from . import PoolTuning, new_ipam
+    from ._mapping import mapping_report
+
     if ctx.quota is None:
         raise PermanentError("the IPAM needs the instance limits (ctx.quota) that the cloud service sets")
     info = agent.host.info

@@ -132,7 +132,7 @@ def test_check_reports_what_is_missing(agent: Agent, make_pod_ns) -> None:
     ns_run(ns.rsplit("/", 1)[-1], "ip", "route", "del", "default", check=True)
     r = agent.cni("CHECK", "chk1", netns_path=ns, conf=agent.conf(prevResult=res))
     assert r.rc == 1 and r.code == 102
-    assert "default route via 169.254.1.1 is missing" in r.out["msg"]
+    assert "route 0.0.0.0/0 via 169.254.1.1 dev eth0 onlink" in r.out["msg"] and "missing" in r.out["msg"]
     # a prevResult that does not match what the agent allocated is reported too
     wrong = dict(res, ips=[{"address": "10.9.9.9/32", "interface": 1}])
     r = agent.cni("CHECK", "chk1", netns_path=ns, conf=agent.conf(prevResult=wrong))

@@ -3,7 +3,8 @@
 Pods get addresses from a local subnet (no cloud), leased through the core's
 store so an address is never handed to two pods, and a veth pair: the pod's
 ``eth0`` with the address /32 and a default route via 169.254.1.1 (a permanent
-neighbour pointing at the host end), the host end with a /32 route back.
+neighbour pointing at the host end), the host end with a /32 route back --
+described as a plan and applied by the project's datapath library.
 
 Configure it in the agent settings::
 
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from terway_agent.datapath import netns
+from terway_agent import datapath as dp
 from terway_agent.plugin import (
     CNIIP,
     Allocation,
@@ -107,46 +108,20 @@ async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allo
     await ctx.store.acall(ctx.store.release_lease, pool, request.owner)
 
 
-def _link(ipr: IPRoute, name: str):
-    """The link named ``name``, or None.  One RTM_GETLINK by name: never a dump,
-    which costs O(links on the node) in Python."""
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-
-
-def _setup(ns_path: str, ifname: str, host_if: str, address: str, mtu: int) -> tuple[str, str]:
-    with IPRoute() as ipr:
-        stale = _link(ipr, host_if)
-        if stale is not None:  # a retried ADD after a crash: start from scratch
-            ipr.link("del", index=stale["index"])
-        import os
-
-        fd = os.open(netns.netns_path(ns_path), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ipr.link("add", ifname=host_if, kind="veth", mtu=mtu, peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                raise DatapathError(f"interface {ifname} already exists in {ns_path}", netns=ns_path, device=ifname) from None
-            raise DatapathError(f"creating veth {host_if}: {exc}", device=host_if, errno=exc.code) from None
-        finally:
-            os.close(fd)
-        host = _link(ipr, host_if)
-        idx, host_mac = host["index"], host.get_attr("IFLA_ADDRESS")
-        ipr.link("set", index=idx, state="up")
-        ipr.route("replace", dst=f"{address}/32", oif=idx, scope="link")
-    with netns.enter(ns_path), IPRoute() as ipr:
-        pod = _link(ipr, ifname)
-        idx, pod_mac = pod["index"], pod.get_attr("IFLA_ADDRESS")
-        ipr.link("set", index=1, state="up")  # lo is always ifindex 1
-        ipr.link("set", index=idx, state="up")
-        ipr.addr("add", index=idx, address=address, prefixlen=32)
-        ipr.neigh("replace", dst=GATEWAY, lladdr=host_mac, ifindex=idx, state="permanent")
-        ipr.route("replace", dst="0.0.0.0/0", gateway=GATEWAY, oif=idx, flags=["onlink"])
-    return host_mac, pod_mac
+def _plan(ns_path: str, ifname: str, host_if: str, address: str, mtu: int) -> dp.Plan:
+    """The kernel objects of one pod, as data (applied by the datapath library,
+    which observes first and changes only the difference)."""
+    host_mac = dp.stable_mac(f"example/{host_if}")
+    return dp.Plan((
+        dp.Veth(name=host_if, peer_name=ifname, peer_netns=ns_path, mtu=mtu, mac=host_mac),
+        dp.LinkState(name=host_if),
+        dp.LinkState(name="lo", netns=ns_path),
+        dp.LinkState(name=ifname, netns=ns_path),
+        dp.Address(dev=ifname, address=f"{address}/32", netns=ns_path),
+        dp.Neighbour(dev=ifname, ip=GATEWAY, lladdr=host_mac, netns=ns_path),
+        dp.Route(dst="0.0.0.0/0", gateway=GATEWAY, dev=ifname, onlink=True, netns=ns_path),
+        dp.Route(dst=f"{address}/32", dev=host_if, scope="link"),
+    ))
 
 
 @hookimpl
@@ -154,17 +129,45 @@ async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: A
     assert allocation.ipv4 is not None
     host_if = host_ifname(request.container_id, request.ifname)
     mtu = ctx.config.netconf.mtu
+    plan = _plan(request.netns, request.ifname, host_if, allocation.ipv4.address, mtu)
     try:
-        _host_mac, pod_mac = await ctx.run_sync(_setup, request.netns, request.ifname, host_if, allocation.ipv4.address, mtu)
+        await dp.apply_async(plan, limiter=ctx.netlink_limiter)
     except BaseException:
-        await ctx.run_sync(_delete_link, host_if)
+        await dp.remove_async(plan, limiter=ctx.netlink_limiter)
         raise
+    pod = await ctx.run_sync(dp.get_link, request.ifname, request.netns)
     return LinkResult(
-        interfaces=(CNIInterface(name=host_if), CNIInterface(name=request.ifname, mac=pod_mac, sandbox=request.netns, mtu=mtu)),
+        interfaces=(CNIInterface(name=host_if),
+                    CNIInterface(name=request.ifname, mac=pod.mac if pod else "", sandbox=request.netns, mtu=mtu)),
         ips=(CNIIP(address=f"{allocation.ipv4.address}/32", gateway=GATEWAY, interface=1),),
         routes=(CNIRoute(dst="0.0.0.0/0", gw=GATEWAY),),
-        state={"host_if": host_if},
+        state={"host_if": host_if, "plan": plan.to_json()},
     )
+
+
+def _stored_plan(ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult | None) -> dp.Plan:
+    if link is not None and "plan" in link.state:
+        return dp.Plan.from_json(link.state["plan"])
+    assert allocation.ipv4 is not None
+    host_if = host_ifname(request.container_id, request.ifname)
+    return _plan(request.netns or "/nonexistent", request.ifname, host_if, allocation.ipv4.address, ctx.config.netconf.mtu)
+
+
+@hookimpl
+async def terway_teardown_link(ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult | None) -> None:
+    await dp.remove_async(_stored_plan(ctx, request, allocation, link), limiter=ctx.netlink_limiter)
+
+
+@hookimpl
+async def terway_check_link(ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult) -> list[str]:
+    plan = _stored_plan(ctx, request, allocation, link)
+    return [p.description for p in await dp.check_async(plan, limiter=ctx.netlink_limiter)]
+
+
+def _leftovers(keep: set[str]) -> list[str]:
+    with IPRoute() as ipr:
+        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    return [n for n in names if n and n.startswith(HOST_PREFIX) and n not in keep]
 
 
 def _delete_link(name: str) -> None:
@@ -174,43 +177,6 @@ def _delete_link(name: str) -> None:
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise DatapathError(f"deleting {name}: {exc}", device=name, errno=exc.code) from None
-
-
-@hookimpl
-async def terway_teardown_link(ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult | None) -> None:
-    host_if = link.state["host_if"] if link is not None else host_ifname(request.container_id, request.ifname)
-    await ctx.run_sync(_delete_link, host_if)
-
-
-def _check(ns_path: str, ifname: str, host_if: str, address: str) -> list[str]:
-    problems = []
-    with IPRoute() as ipr:
-        if _link(ipr, host_if) is None:
-            problems.append(f"host veth {host_if} is missing")
-    if not netns.exists(ns_path):
-        return problems + [f"network namespace {ns_path} is gone"]
-    with netns.enter(ns_path), IPRoute() as ipr:
-        link = _link(ipr, ifname)
-        if link is None:
-            return problems + [f"{ifname} is missing in {ns_path}"]
-        addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=link["index"])}
-        if address not in addrs:
-            problems.append(f"{ifname} lacks address {address}")
-        if not any(r.get_attr("RTA_GATEWAY") == GATEWAY for r in ipr.get_routes(family=2, table=254)):
-            problems.append(f"default route via {GATEWAY} is missing")
-    return problems
-
-
-@hookimpl
-async def terway_check_link(ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult) -> list[str]:
-    assert allocation.ipv4 is not None
-    return await ctx.run_sync(_check, request.netns, request.ifname, link.state["host_if"], allocation.ipv4.address)
-
-
-def _leftovers(keep: set[str]) -> list[str]:
-    with IPRoute() as ipr:
-        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
-    return [n for n in names if n and n.startswith(HOST_PREFIX) and n not in keep]
 
 
 @hookimpl
