@@ -219,7 +219,8 @@ def test_kill_9_mid_add_then_del_leaves_nothing(cluster, pods) -> None:
     mine = {cid for _, cid in made}
     assert not [a for a in node.agent.attachments() if a["container_id"] in mine]
     hosts = {"cali" + hashlib.sha1(f"default.kill-{i}".encode()).hexdigest()[:11] for i in range(12)}
-    assert not hosts & {link["ifname"] for link in jq(node.netns, "link", "show")}
+    # traffic stops at DEL; the veths are reaped right after the answer
+    wait_for(lambda: not hosts & {link["ifname"] for link in jq(node.netns, "link", "show")}, what="veths reaped")
     ok = [pod_ip(r) for r in results.values() if r.rc == 0]
     rules = jq(node.netns, "rule", "show")
     assert not [x for x in rules if x.get("src") in ok or x.get("dst") in ok]
@@ -306,3 +307,24 @@ def test_debian_bandwidth_and_tuning_plugins_chain_after_terway(cluster, pods) -
         for conf in (tuning, bw):
             subprocess.run(["ip", "netns", "exec", n1.netns, f"/usr/lib/cni/{conf['type']}"],
                            input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND="DEL"), capture_output=True)
+
+
+def test_del_cuts_traffic_at_once_and_a_recreated_pod_works_right_after(cluster, pods) -> None:
+    """DEL removes the pod's rules and route before answering and reaps its veth
+    right after; the same pod name re-created at once (a StatefulSet restart)
+    gets a working datapath of its own."""
+    node = cluster.nodes[0]
+    ns, r, cid = pods.add(node, "same-0")
+    ip = pod_ip(r)
+    assert node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns)).rc == 0
+    assert not [x for x in jq(node.netns, "rule", "show") if ip in (x.get("src"), x.get("dst"))]
+    assert jq(node.netns, "route", "show", f"{ip}/32") == []
+    ns2, r2, _ = pods.add(node, "same-0")
+    assert r2.rc == 0, r2.stdout
+    probe.ping(netns.netns_path(ns2), cluster.nodes[1].primary_ip)
+    host_veth = "cali" + hashlib.sha1(b"default.same-0").hexdigest()[:11]
+    wait_for(lambda: len([x for x in jq(node.netns, "link", "show") if x["ifname"] == host_veth]) == 1,
+             what="one host veth for the pod")
+    (veth,) = [x for x in jq(node.netns, "link", "show") if x["ifname"] == host_veth]
+    pod_side = jq(ns2, "link", "show", "eth0")[0]
+    assert veth["ifindex"] == pod_side["link_index"], "the host veth is the new sandbox's peer"

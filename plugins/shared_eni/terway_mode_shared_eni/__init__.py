@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import trio
+
 from terway_agent import datapath as dp
 from terway_agent.datapath import netns
+from terway_agent.log import get_logger
 from terway_agent.plugin import (
     CNIIP,
     Allocation,
@@ -36,6 +39,7 @@ from terway_mode_shared_eni import _gc, _plan
 
 __version__ = "0.1.0"
 MODE = "shared_eni"
+log = get_logger(__name__)
 STATEFUL_KINDS = ("StatefulSet",)
 
 
@@ -184,8 +188,68 @@ async def terway_teardown_link(
         # A newer sandbox of the same pod owns the host veth (and maybe the IP):
         # remove only what the old plan has and the new one does not.
         await dp.prune_async(plan, newer, limiter=ctx.netlink_limiter)
-    else:
+        return
+    if _reaper is None:
         await dp.remove_async(plan, limiter=ctx.netlink_limiter)
+        return
+    # The pod's traffic stops once its rules and host route are gone: remove
+    # those now.  Deleting a veth costs the kernel ~20 ms (an RCU grace period)
+    # and takes everything on it along; the reaper does that right after the
+    # answer.  The address is not handed out again before the reuse cooldown,
+    # and the periodic GC removes a veth the reaper did not get to.
+    routing = dp.Plan(tuple(o for o in plan.objects if isinstance(o, (dp.Rule, dp.Route)) and o.netns is None))
+    await dp.remove_async(routing, limiter=ctx.netlink_limiter)
+    await _reaper.send(plan)
+
+
+class _Reaper:
+    """Deletes the veths of deleted pods in the agent's service nursery (see terway_teardown_link)."""
+
+    def __init__(self, ctx: ModeContext) -> None:
+        self._ctx = ctx
+        self._send, self._receive = trio.open_memory_channel[dp.Plan](1000)
+
+    async def send(self, plan: dp.Plan) -> None:
+        await self._send.send(plan)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for plan in self._receive:
+            await self._remove(plan)
+
+    async def _remove(self, plan: dp.Plan) -> None:
+        try:
+            await dp.remove_async(plan, limiter=self._ctx.netlink_limiter)
+        except Exception as exc:  # the periodic GC removes what is left
+            log.warning("shared_eni.reaper.failed", error=repr(exc))
+
+    async def drain(self) -> None:
+        """Finish what is queued (at shutdown)."""
+        self._send.close()
+        while True:
+            try:
+                plan = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._remove(plan)
+
+
+_reaper: _Reaper | None = None
+
+
+@hookimpl
+async def terway_start(ctx: ModeContext, nursery: trio.Nursery) -> None:
+    global _reaper
+    _reaper = _Reaper(ctx)
+    await nursery.start(_reaper.run)
+
+
+@hookimpl
+async def terway_stop(ctx: ModeContext) -> None:
+    global _reaper
+    if _reaper is not None:
+        reaper, _reaper = _reaper, None
+        await reaper.drain()
 
 
 @hookimpl
