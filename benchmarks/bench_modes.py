@@ -181,11 +181,17 @@ def datapath(cluster: sim.CloudCluster, seconds: float) -> None:
     if excl is not None:
         x, x_ip = pod(excl, "tp-x")
         paths["exclusive pod -> shared pod, across nodes"] = (x, b, b_ip)
-    print(f"\nDatapath: TCP throughput (iperf3, {seconds:.0f} s) and round-trip time (ping, 200 x)")
+    print(f"\nDatapath: TCP throughput (iperf3, {seconds:.0f} s) and round-trip time (ping, 200 x); "
+          "median of 3 rounds, paths interleaved")
+    tps: dict[str, list[float]] = {label: [] for label in paths}
+    rtts: dict[str, list[float]] = {label: [] for label in paths}
+    for _ in range(3):
+        for label, (src, dst, ip) in paths.items():
+            tps[label].append(iperf(src, dst, ip, seconds))
+            rtts[label].append(rtt(src, ip))
     base_tp = base_rtt = None
-    for label, (src, dst, ip) in paths.items():
-        tp = iperf(src, dst, ip, seconds)
-        r = rtt(src, ip)
+    for label in paths:
+        tp, r = statistics.median(tps[label]), statistics.median(rtts[label])
         if base_tp is None:
             base_tp, base_rtt = tp, r
         print(f"  {label:42} {tp / 1e9:7.2f} Gbit/s ({tp / base_tp:4.2f} of node-node)   "

@@ -138,8 +138,10 @@ async def _build(ctx: ModeContext, request: PodRequest, allocation: Allocation, 
 async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> LinkResult:
     home = await _home_name(ctx, allocation.mac, request.netns)
     plan = await _build(ctx, request, allocation, home)
-    if not ctx.config.netconf.disable_host_peer:
-        await ctx.run_sync(ensure_masquerade)
+    global _masquerade_ensured
+    if not ctx.config.netconf.disable_host_peer and not _masquerade_ensured:
+        await ctx.run_sync(ensure_masquerade)  # once per agent; the repair pass re-checks it
+        _masquerade_ensured = True
     try:
         await dp.apply_async(plan, limiter=ctx.netlink_limiter)
     except BaseException:
@@ -247,6 +249,9 @@ async def terway_status(ctx: ModeContext) -> Status:
     if ctx.ipam is None:
         return Status(50, "the IPAM is not running")
     return ctx.ipam.status()
+
+
+_masquerade_ensured = False
 
 
 def ensure_masquerade() -> bool:

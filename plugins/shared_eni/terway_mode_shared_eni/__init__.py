@@ -93,9 +93,25 @@ async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allo
     await ctx.require_ipam().release_ips(request.owner, hold=hold)
 
 
+#: ENI MAC -> its device name on the node, verified on every use (one link get
+#: by name instead of a dump of every link, which grows with the pods).
+_eni_names: dict[str, str] = {}
+
+
+async def _find_eni(ctx: ModeContext, mac: str) -> dp.LinkInfo:
+    name = _eni_names.get(mac)
+    if name is not None:
+        link = await ctx.run_sync(dp.get_link, name)
+        if link is not None and link.mac == mac:
+            return link
+    link = await dp.find_link_by_mac_async(mac, limiter=ctx.netlink_limiter)
+    _eni_names[mac] = link.name
+    return link
+
+
 async def _plans(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> tuple[dp.Plan, dp.Plan, dict]:
     """(eni + node plan, pod plan, state) for an allocation; finds the ENI device by MAC."""
-    eni = await dp.find_link_by_mac_async(allocation.mac, limiter=ctx.netlink_limiter)
+    eni = await _find_eni(ctx, allocation.mac)
     netconf = ctx.config.netconf
     mtu = eni.mtu if (netconf.auto_mtu and eni.mtu) else netconf.mtu
     host_veth = _plan.host_veth_name(request.pod.namespace, request.pod.name)
