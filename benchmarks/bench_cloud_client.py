@@ -172,4 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=2000, help="calls per latency figure")
     parser.add_argument("--window", type=float, default=5.0, help="seconds of the rate-limiter window")
     args = parser.parse_args()
+    from terway_agent import log
+
+    log.configure("warning", json=False)  # the figures, not the per-call logs
     trio.run(main, args.calls, args.window)
