@@ -139,6 +139,16 @@ def _str(name: str, value: Any) -> str:
     return value
 
 
+REDACTED = "<redacted>"
+
+
+def _secret(name: str, value: Any) -> str:
+    """A credential: never echoed in an error (errors are logged and become events)."""
+    if not isinstance(value, str):
+        raise ConfigError(name, REDACTED, f"a string (got a {type(value).__name__}; quote it in YAML)")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str, Any], str]:
     def parse(name: str, value: Any) -> str:
         if value not in choices:
@@ -186,12 +196,14 @@ def _vswitches(name: str, value: Any) -> dict[str, tuple[str, ...]]:
 
 
 def _rate_limit(name: str, value: Any) -> dict[str, int]:
+    """``rate_limit``: checked by the cloud client's own validator (the API names
+    it knows), so a misspelt name is refused here -- also on a live reload."""
+    from terway_agent.cloud._ratelimit import validate_rate_limits
+
     if not isinstance(value, Mapping):
         raise ConfigError(name, value, 'an object {"<API name>": <calls per minute>}')
-    out = {}
-    for api, n in value.items():
-        out[api] = _int(1, 100000)(f"{name}.{api}", n)
-    return out
+    validate_rate_limits(value, field=name)
+    return {str(k): v for k, v in value.items()}
 
 
 def _backoff(name: str, value: Any) -> dict[str, dict[str, Any]]:
@@ -278,8 +290,8 @@ class EniConf:
 
 
 _ENI_CONF_FIELDS: dict[str, Callable[[str, Any], Any]] = {
-    "access_key": _str,
-    "access_secret": _str,
+    "access_key": _secret,
+    "access_secret": _secret,
     "credential_path": _str,
     "service_cidr": _cidr_list,
     "vswitches": _vswitches,
@@ -354,7 +366,8 @@ def parse_eni_conf(data: Any, *, source: str = "eni_conf") -> Parsed:
         try:
             data = json.loads(data)
         except json.JSONDecodeError as exc:
-            raise ConfigError(source, _excerpt(data), f"valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+            # No excerpt of the document: it may hold credentials.
+            raise ConfigError(source, "<document>", f"valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if not isinstance(data, Mapping):
         raise ConfigError(source, data, "a JSON object")
     kwargs: dict[str, Any] = {}
@@ -645,12 +658,12 @@ def load_document(path: str | Path, *, field_name: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(field_name, str(p), f"valid YAML ({exc})") from None
-
-
-def _excerpt(text: Any) -> str:
-    s = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-    return s if len(s) <= 60 else s[:57] + "..."
+        # Only the position and the problem: PyYAML's full text quotes the
+        # document, which may hold credentials.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(field_name, str(p), f"valid YAML ({problem}{where})") from None
 
 
 # ---------------------------------------------------------------------------

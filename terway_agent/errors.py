@@ -47,7 +47,8 @@ class InvalidInput(TerwayError):
 
     :param field: the dotted name of the offending field (``eni_conf.max_pool_size``,
         ``CNI_IFNAME``, ``annotation k8s.aliyun.com/ingress-bandwidth``).
-    :param value: the value that was given (already redacted if secret).
+    :param value: the value that was given; callers pass a placeholder such as
+        ``"<redacted>"`` for credentials (the message is logged and may become an event).
     :param expected: what would have been accepted.
     """
 

@@ -223,8 +223,12 @@ def run(env: dict[str, str], stdin: bytes) -> None:
                 raise CNIError(50, f"the terway agent is not running (socket {socket_path}: {exc.strerror})") from None
             raise CNIError(11, f"the terway agent is not reachable at {socket_path} ({exc.strerror}); try again later") from None
         except TimeoutError:
+            if command == "STATUS":
+                raise CNIError(50, f"the terway agent did not answer STATUS within {_TIMEOUTS[command]:.0f}s") from None
             raise CNIError(11, f"the terway agent did not answer {command} within {_TIMEOUTS[command]:.0f}s; try again later") from None
         except (OSError, protocol.ProtocolError) as exc:
+            if command == "STATUS":
+                raise CNIError(50, f"the terway agent at {socket_path} is unavailable: {exc}") from None
             raise CNIError(11, f"talking to the terway agent at {socket_path} failed: {exc}; try again later") from None
         if not answer.get("ok"):
             err = answer.get("error") or {}

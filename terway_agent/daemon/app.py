@@ -207,8 +207,8 @@ class Agent:
         self.holder = ConfigHolder(cfg)
 
         state_dir = Path(self.settings.state_dir)
-        self.store = Store(state_dir / "state.db")
-        self._guard_mode_change(cfg.mode, info.exclusivity, cfg.mode_reason)
+        self.store = await trio.to_thread.run_sync(Store, state_dir / "state.db")
+        await self.store.acall(self._guard_mode_change, cfg.mode, info.exclusivity, cfg.mode_reason)
 
         node = NodeInfo(name=self.settings.node_name or socket.gethostname(), labels=dict(cfg.labels))
         self.ctx = ModeContext(
@@ -240,7 +240,7 @@ class Agent:
                         await serve_unix(listener, self.service.handle, handlers)
 
                 handlers.start_soon(accept)
-                self._write_conflist()
+                await trio.to_thread.run_sync(self._write_conflist)
                 if dl is not None:
                     self.debug_address = listener_address(dl)
                     services.start_soon(lambda: serve_debug(dl, self._ready))
@@ -322,10 +322,9 @@ class Agent:
         await self._update_gauges()
 
     async def _repair(self, trigger: str) -> None:
-        assert self.store is not None and self.ctx is not None
-        live = [a for a in await self.store.acall(self.store.attachments) if a.state == "ready"]
+        assert self.service is not None
         try:
-            reports = await self.host.repair(self.ctx, live)
+            reports = await self.service.repair()
         except Exception as exc:
             log.error("repair.failed", trigger=trigger, error=repr(exc))
             return
@@ -336,26 +335,30 @@ class Agent:
             if r.failed:
                 log.error("repair.incomplete", trigger=trigger, failed=list(r.failed))
 
+    async def _attachment_gone(self, att: Attachment) -> bool:
+        """Its sandbox's netns is gone, or (Kubernetes) its pod is gone from the API."""
+        if not att.netns or not os.path.exists(att.netns):
+            return True
+        if self.attachment_alive is not None:
+            return await self.attachment_alive(att) is False
+        return False
+
     async def _gc_pass(self) -> None:
-        """Periodic GC: an attachment whose pod is gone (per ``attachment_alive``,
-        else: its netns is missing) on two consecutive passes is removed."""
+        """Periodic GC: an attachment judged gone (:meth:`_attachment_gone`) on two
+        consecutive passes, and again on its fresh row when removed, is removed."""
         assert self.store is not None and self.service is not None
         atts = await self.store.acall(self.store.attachments)
-        valid: set[tuple[str, str]] = set()
         seen: dict[tuple[str, str], int] = {}
         for att in atts:
-            alive = await self.attachment_alive(att) if self.attachment_alive is not None else None
-            if alive is None:
-                alive = bool(att.netns) and os.path.exists(att.netns)
-            if alive:
-                valid.add(att.key)
-                continue
-            count = self._missing_netns.get(att.key, 0) + 1
-            seen[att.key] = count
-            if count < 2:
-                valid.add(att.key)
+            if await self._attachment_gone(att):
+                seen[att.key] = self._missing_netns.get(att.key, 0) + 1
         self._missing_netns = seen
-        errors, removed = await self.service.gc(None, valid, trigger="periodic")
+        confirmed = {key for key, count in seen.items() if count >= 2}
+
+        async def is_dead(att: Attachment) -> bool:
+            return att.key in confirmed and await self._attachment_gone(att)
+
+        errors, removed = await self.service.gc(None, is_dead, trigger="periodic")
         if removed or errors:
             log.info("gc.pass.done", removed=removed, errors=errors)
         await self._update_gauges()
@@ -453,7 +456,7 @@ class Agent:
             "pid": os.getpid(),
             "socket": self.settings.socket_path,
             "debug": self.debug_address,
-            "attachments": self.store.count_by_mode(),
+            "attachments": await self.store.acall(self.store.count_by_mode),
             "time": time.time(),
         }
 

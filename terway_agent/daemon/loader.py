@@ -67,7 +67,8 @@ def parse_json_text(raw: Any, field_name: str) -> Mapping[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(field_name, raw[:60], f"valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        # No excerpt: the document may hold credentials.
+        raise ConfigError(field_name, "<document>", f"valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if not isinstance(value, Mapping):
         raise ConfigError(field_name, value, "a JSON object")
     return value

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,14 @@ class CNIService:
         self.pod_lookup = pod_lookup
         self.queries = dict(queries or {})
         self._busy: set[str] = set()
+        # Whole-node passes (the plugins' leftover sweep, repair) run with no
+        # per-pod operation in flight and none starting: see exclusive().
+        self._gate = trio.Event()
+        self._gate.set()
+        self._exclusive_lock = trio.Lock()
+        self._pod_ops = 0
+        self._pod_ops_done = trio.Event()
+        self._pod_ops_done.set()
         self.in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -155,9 +164,11 @@ class CNIService:
         request = await self._parse(verb, env, conf)
         slot = request.pod.key if request.pod.namespace else request.container_id
         with bind_request(verb=verb, pod=request.pod.key, container=request.container_id, ifname=request.ifname):
+            await self._gate.wait()
             if slot in self._busy:
                 raise PodBusy(f"pod {request.pod.key} is being processed by another request; try again later")
             self._busy.add(slot)
+            self._pod_op_started()
             try:
                 if verb == "ADD":
                     return await self._add(request)
@@ -167,6 +178,31 @@ class CNIService:
                 return await self._check(request)
             finally:
                 self._busy.discard(slot)
+                self._pod_op_ended()
+
+    def _pod_op_started(self) -> None:
+        self._pod_ops += 1
+        if self._pod_ops == 1:
+            self._pod_ops_done = trio.Event()
+
+    def _pod_op_ended(self) -> None:
+        self._pod_ops -= 1
+        if self._pod_ops == 0:
+            self._pod_ops_done.set()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Run a whole-node pass (leftover sweep, repair) with no ADD/DEL/CHECK in
+        flight: new ones wait at the gate, running ones are waited for.  A pass that
+        judges "no attachment owns this" from a snapshot can otherwise remove what
+        an ADD made a moment after the snapshot."""
+        async with self._exclusive_lock:
+            self._gate = trio.Event()
+            try:
+                await self._pod_ops_done.wait()
+                yield
+            finally:
+                self._gate.set()
 
     async def _parse(self, verb: str, env: Mapping[str, Any], conf: Mapping[str, Any]) -> PodRequest:
         cid = str(env.get("CNI_CONTAINERID", ""))
@@ -242,7 +278,7 @@ class CNIService:
                 log.info("cni.add.replayed")
                 return cni_result(existing.link, request.cni_version, request.prev_result)
             log.warning("cni.add.cleanup_partial", state=existing.state)
-            await self._remove(existing, request)
+            await self._remove(existing)  # with its own stored request: the netns may differ
         await self.store.acall(
             lambda: self.store.begin_attachment(
                 request=_request_record(request),
@@ -355,28 +391,46 @@ class CNIService:
                 raise InvalidInput(f"cni.dev/valid-attachments[{i}]", item, 'an object {"containerID": ..., "ifname": ...}')
             valid.add((item["containerID"], item["ifname"]))
         network = str(conf.get("name", ""))
-        errors, removed = await self.gc(network, valid, trigger="cni")
+        async def not_listed(att: Attachment) -> bool:
+            return att.key not in valid
+
+        errors, removed = await self.gc(network, not_listed, trigger="cni")
         if errors:
             raise CNIError(102, f"GC removed {removed} attachment(s) but met {len(errors)} error(s): " + "; ".join(errors),
                            errors=errors)
         return None
 
-    async def gc(self, network: str | None, valid: set[tuple[str, str]], *, trigger: str) -> tuple[list[str], int]:
-        """Remove stored attachments (of ``network``; all networks if None) not in ``valid``,
-        then let plugins remove datapath leftovers.  Keeps going on errors."""
+    async def gc(
+        self,
+        network: str | None,
+        is_dead: Callable[[Attachment], Awaitable[bool]],
+        *,
+        trigger: str,
+    ) -> tuple[list[str], int]:
+        """Remove the stored attachments (of ``network``; all networks if None) that
+        ``is_dead``, then let plugins remove datapath leftovers.  Keeps going on errors.
+
+        Each candidate is re-read and judged again under its pod's slot, so an
+        attachment made or finished after the snapshot is never removed on the
+        strength of an older copy; the plugins' sweep runs in :meth:`exclusive`.
+        """
         errors: list[str] = []
         removed = 0
         atts = await self.store.acall(lambda: self.store.attachments(network=network))
         for att in atts:
-            if att.key in valid:
+            if not await is_dead(att):
                 continue
             slot = att.pod.key if att.pod.namespace else att.container_id
             if slot in self._busy:
                 continue
             self._busy.add(slot)
+            self._pod_op_started()
             try:
-                with bind_request(verb="GC", pod=att.pod.key, container=att.container_id, ifname=att.ifname):
-                    await self._remove(att)
+                fresh = await self.store.acall(self.store.get_attachment, att.container_id, att.ifname)
+                if fresh is None or not await is_dead(fresh):
+                    continue
+                with bind_request(verb="GC", pod=fresh.pod.key, container=fresh.container_id, ifname=fresh.ifname):
+                    await self._remove(fresh)
                     removed += 1
                     metrics.GC_REMOVED.labels(trigger).inc()
                     log.info("gc.attachment.removed", trigger=trigger)
@@ -385,9 +439,18 @@ class CNIService:
                 log.warning("gc.attachment.failed", container=att.container_id, error=repr(exc))
             finally:
                 self._busy.discard(slot)
-        live = await self.store.acall(self.store.attachments)
-        errors.extend(await self.host.gc(self.ctx, live))
+                self._pod_op_ended()
+        async with self.exclusive():
+            live = await self.store.acall(self.store.attachments)
+            errors.extend(await self.host.gc(self.ctx, live))
         return errors, removed
+
+    async def repair(self) -> list[Any]:
+        """The plugins' repair pass over the live attachments, in :meth:`exclusive`
+        (a DEL finishing mid-pass must not have its datapath re-created)."""
+        async with self.exclusive():
+            live = [a for a in await self.store.acall(self.store.attachments) if a.state == "ready"]
+            return await self.host.repair(self.ctx, live)
 
 
 # ---------------------------------------------------------------------------

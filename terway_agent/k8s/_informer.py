@@ -73,6 +73,8 @@ class Informer:
         self.cache: dict[str, dict[str, Any]] = {}
         self.resource_version = ""
         self.synced = trio.Event()
+        #: True while the watch is failing or being re-listed: the cache may be stale
+        self.failing = False
         #: bumps on every change the handlers saw (cheap change detection)
         self.generation = 0
         self._backoff_max = backoff_max
@@ -95,12 +97,14 @@ class Informer:
                 _metrics.WATCH_RESTARTS.labels(self.resource, "timeout").inc()
                 log.debug("k8s.watch.ended", resource=self.resource, reason=ended, rv=self.resource_version)
             except KubeGone as exc:
+                self.failing = True
                 _metrics.WATCH_RESTARTS.labels(self.resource, "expired").inc()
                 log.info(
                     "k8s.watch.expired", resource=self.resource, rv=self.resource_version, error=exc.message
                 )
                 await self._relist_retrying()
             except KubeError as exc:
+                self.failing = True
                 failures += 1
                 _metrics.WATCH_RESTARTS.labels(self.resource, "error").inc()
                 delay = min(self._backoff_max, 0.5 * 2 ** min(failures, 8)) * (0.8 + 0.4 * self._rng.random())
@@ -141,6 +145,7 @@ class Informer:
             changes += self._deliver("deleted", self.cache[key], self.cache[key])
         self.resource_version = rv
         self.synced.set()
+        self.failing = False
         _metrics.CACHED.labels(self.resource).set(len(self.cache))
         if initial:
             log.info("k8s.list.done", resource=self.resource, objects=len(items), rv=rv)
@@ -157,6 +162,7 @@ class Informer:
             timeout_seconds=self.kube.tuning.watch_timeout,
             **self._kw,
         )
+        self.failing = False
         if resumed_after:
             log.info(
                 "k8s.watch.resumed", resource=self.resource, rv=self.resource_version, failures=resumed_after

@@ -122,15 +122,20 @@ class Pods:
 
     async def alive(self, att: Attachment) -> bool | None:
         """The core's ``attachment_alive``: False when the attachment's pod is gone from
-        the API (or was re-created under a new UID), True when it exists, None when the
-        agent cannot tell (not a Kubernetes pod, cache not synced)."""
-        if not att.pod.namespace or not self.informer.synced.is_set():
+        the API (or was re-created under a new UID; a static pod matches its mirror pod),
+        True when it exists, None when the agent cannot tell (not a Kubernetes pod, cache
+        not synced, or the watch failing so the cache may be stale)."""
+        if not att.pod.namespace or not self.informer.synced.is_set() or self.informer.failing:
             return None
         pod = self.informer.get(att.pod.key)
         if pod is None:
             return False
-        uid = (pod.get("metadata") or {}).get("uid")
-        if att.pod.uid and uid and uid != att.pod.uid:
+        md = pod.get("metadata") or {}
+        uid = md.get("uid")
+        # A static pod's sandbox carries the kubelet's config hash as its UID; the
+        # API's mirror pod has its own UID and the hash in an annotation.
+        mirror = (md.get("annotations") or {}).get("kubernetes.io/config.mirror")
+        if att.pod.uid and uid and att.pod.uid not in (uid, mirror):
             return False
         return True
 

@@ -31,6 +31,13 @@ def assert_consistent(agent: Agent) -> None:
     assert len(ips) == len(set(ips)), f"an address is held twice: {ips}"
     owned = [lease["address"] for lease in leases if lease["owner"]]
     assert len(owned) == len(set(owned))
+    # every ready attachment has its datapath: the example mode's host veth
+    from terway_mode_example import host_ifname
+
+    present = set(links_in(agent.node_ns))
+    for a in atts:
+        if a["state"] == "ready":
+            assert host_ifname(a["container_id"], a["ifname"]) in present, f"{a['container_id']} lost its veth"
 
 
 def background_add(agent: Agent, cid: str, ns: str, out: dict[str, Any]) -> threading.Thread:

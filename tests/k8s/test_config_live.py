@@ -113,7 +113,7 @@ def test_a_broken_eni_config_at_start_is_an_event_and_an_exit(twk8s_api, kenv_fa
     agent.start(wait=False)
     assert agent.exit_code(30) == 2
     assert (
-        f"ConfigMap {env.namespace}/eni-config data.eni_conf: got '{{not json', expected valid JSON"
+        f"ConfigMap {env.namespace}/eni-config data.eni_conf: got '<document>', expected valid JSON"
         in agent.log()
     )
     ev = wait_for("a ConfigError event", lambda: events_for(core, "default", env.node, "ConfigError"))

@@ -116,8 +116,22 @@ def test_add_annotates_the_pod_records_events_and_vanished_pods_are_released(
         time.sleep(3.5)
         assert [a for a in agent.attachments() if a["container_id"] == "cid-second"]
         assert len(agent.lines("gc.attachment.removed")) == 1
+        assert agent.cni("DEL", "cid-second", netns_path=second_ns, env=_args(ns, second, "cid-second")).rc == 0
+
+        # a static pod: its sandbox carries the kubelet's config hash as K8S_POD_UID, the
+        # API's mirror pod has its own UID and the hash in kubernetes.io/config.mirror --
+        # it is alive, not "re-created under a new UID"
+        env.pod("static-0", annotations={"kubernetes.io/config.mirror": "0f1e2d3c4b5a69788796a5b4c3d2e1f0"})
+        static_ns = pod_netns()
+        static_args = {"CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME=static-0;"
+                       "K8S_POD_UID=0f1e2d3c4b5a69788796a5b4c3d2e1f0"}
+        r = agent.cni("ADD", "cid-static", netns_path=static_ns, env=static_args)
+        assert r.rc == 0, r.out
+        time.sleep(3.5)
+        assert [a for a in agent.attachments() if a["container_id"] == "cid-static"]
+        assert len(agent.lines("gc.attachment.removed")) == 1
         assert not agent.lines("agent.periodic.failed")
-        r = agent.cni("DEL", "cid-second", netns_path=second_ns, env=_args(ns, second, "cid-second"))
+        r = agent.cni("DEL", "cid-static", netns_path=static_ns, env=static_args)
         assert r.rc == 0, r.stderr
         assert agent.stop() == 0
     finally:

@@ -328,3 +328,14 @@ def test_del_cuts_traffic_at_once_and_a_recreated_pod_works_right_after(cluster,
     (veth,) = [x for x in jq(node.netns, "link", "show") if x["ifname"] == host_veth]
     pod_side = jq(ns2, "link", "show", "eth0")[0]
     assert veth["ifindex"] == pod_side["link_index"], "the host veth is the new sandbox's peer"
+    # the old sandbox's reaping took nothing of the new one's (same veth name,
+    # and with no reuse cooldown here possibly the same IP)
+    check = node.agent.cni("CHECK", _cid_of(node, "same-0"), netns_path=netns.netns_path(ns2),
+                           conf=node.agent.conf(prevResult=r2.out))
+    assert check.rc == 0, check.stdout
+    probe.ping(netns.netns_path(ns2), cluster.nodes[1].primary_ip)
+
+
+def _cid_of(node, pod_name: str) -> str:
+    (att,) = [a for a in node.agent.attachments() if a["pod"] == f"default/{pod_name}"]
+    return att["container_id"]

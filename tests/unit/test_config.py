@@ -12,6 +12,7 @@ from terway_agent.config import (
     NetConf,
     apply_hot,
     diff_eni_conf,
+    load_document,
     merge_patch,
     parse_duration,
     parse_eni_conf,
@@ -88,7 +89,8 @@ def test_eni_conf_full_document_as_the_original_ships_it() -> None:
         ({"service_cidr": "172.21.0.1/20"}, "eni_conf.service_cidr", "CIDRs"),
         ({"vswitches": {"z": ["sw-1"]}}, "eni_conf.vswitches.z", 'starting with "vsw-"'),
         ({"vswitches": ["vsw-1"]}, "eni_conf.vswitches", "an object"),
-        ({"rate_limit": {"AssignPrivateIpAddresses": 0}}, "eni_conf.rate_limit.AssignPrivateIpAddresses", "between 1 and 100000"),
+        ({"rate_limit": {"AssignPrivateIpAddresses": 0}}, "eni_conf.rate_limit.AssignPrivateIpAddresses", "a positive integer"),
+        ({"rate_limit": {"CreateNetworkInterfac": 10}}, "eni_conf.rate_limit.CreateNetworkInterfac", "an OpenAPI name"),
         ({"backoff_override": {"eni_ops": {"duration": "fast"}}}, "eni_conf.backoff_override.eni_ops.duration", "duration"),
         ({"backoff_override": {"eni_ops": {"retries": 3}}}, "eni_conf.backoff_override.eni_ops.retries", "one of duration"),
         ({"backoff_override": {"eni_nap": {"steps": 3}}}, "eni_conf.backoff_override.eni_nap", "a backoff key"),
@@ -115,10 +117,23 @@ def test_eni_conf_malformed_json_says_where() -> None:
     assert "valid JSON" in info.value.expected and "line 1" in info.value.expected
 
 
-def test_secrets_never_in_repr_or_errors() -> None:
+def test_secrets_never_in_repr_or_errors(tmp_path) -> None:
     conf = parse_eni_conf({"access_key": "AKID", "access_secret": "s3cr3t-value"}).value
     assert "s3cr3t" not in repr(conf)
     assert "AKID" not in repr(conf)
+    # YAML makes an all-digit secret an int: the error must not echo it
+    with pytest.raises(ConfigError) as info:
+        parse_eni_conf({"access_key": "AKID", "access_secret": 88374619283746501})
+    assert "88374619283746501" not in str(info.value) and "<redacted>" in str(info.value)
+    # a malformed document is reported by position only
+    with pytest.raises(ConfigError) as info:
+        parse_eni_conf('{"access_secret": "s3cr3t-value", oops}')
+    assert "s3cr3t" not in str(info.value) and "line 1" in str(info.value)
+    bad = tmp_path / "eni_conf.yaml"
+    bad.write_text("access_key: AKID\naccess_secret: s3cr3t-value\n  - broken: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_document(bad, field_name="eni_conf_path")
+    assert "s3cr3t" not in str(info.value) and "valid YAML" in str(info.value)
 
 
 @pytest.mark.parametrize(

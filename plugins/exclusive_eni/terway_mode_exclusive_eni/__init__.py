@@ -12,6 +12,7 @@ from typing import Any
 
 from terway_agent import datapath as dp
 from terway_agent.datapath import netns
+from terway_agent.log import get_logger
 from terway_agent.plugin import (
     CNIIP,
     Allocation,
@@ -25,16 +26,19 @@ from terway_agent.plugin import (
     LinkResult,
     ModeContext,
     ModeInfo,
+    NotFound,
     PodRef,
     PodRequest,
     RepairReport,
     Status,
+    TemporaryError,
     hookimpl,
 )
 from terway_mode_exclusive_eni import _plan
 
 __version__ = "0.1.0"
 MODE = "exclusive_eni"
+log = get_logger(__name__)
 
 
 def _pod_limit(q: InstanceLimits) -> int:
@@ -176,8 +180,17 @@ async def terway_teardown_link(
         # The agent died before recording the link: the NIC may be anywhere; find it by MAC.
         try:
             home = await _home_name(ctx, allocation.mac, request.netns)
-        except Exception:
-            return  # the NIC is in neither namespace: nothing of ours is left to remove
+        except NotFound as exc:
+            # Neither on the node nor in the pod: handing the ENI back to the pool
+            # would give the next pod a NIC that is not there.  Fail, so the
+            # attachment stays (releasing) and DEL/GC retry once it reappears.
+            log.error("exclusive_eni.nic.lost", mac=allocation.mac, eni=allocation.eni_id, error=str(exc))
+            raise TemporaryError(
+                f"the NIC of ENI {allocation.eni_id} ({allocation.mac}) is neither on the node nor in the pod; "
+                "it is not returned to the pool until it is found",
+                eni=allocation.eni_id,
+                mac=allocation.mac,
+            ) from exc
         plan = await _build(ctx, request, allocation, home)
     # remove() moves the NIC back to the node under its original name, down,
     # wherever it is (also when the pod's netns is already gone: the kernel

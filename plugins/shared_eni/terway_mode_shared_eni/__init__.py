@@ -215,7 +215,11 @@ async def terway_teardown_link(
     # and the periodic GC removes a veth the reaper did not get to.
     routing = dp.Plan(tuple(o for o in plan.objects if isinstance(o, (dp.Rule, dp.Route)) and o.netns is None))
     await dp.remove_async(routing, limiter=ctx.netlink_limiter)
-    await _reaper.send(plan)
+    # Only the veth itself: everything on it goes with it.  Rules, routes and
+    # qdiscs are identified by what they are, not by sandbox, so a pod re-created
+    # under the same name (same veth name, maybe the same IP) before the reaper
+    # runs must not lose its own; the veth removal checks the peer's namespace.
+    await _reaper.send(dp.Plan(tuple(o for o in plan.objects if isinstance(o, dp.Veth))))
 
 
 class _Reaper:
