@@ -103,20 +103,7 @@ class PluginHost:
             raise PluginValidationError(
                 f"cannot register mode {name}: mode {self.mode_name} is already registered; one mode per agent"
             )
-        _check_unmarked(plugin, name)
-        try:
-            self.pm.register(plugin, name=f"mode:{name}")
-        except pluggy.PluginValidationError as exc:
-            raise PluginValidationError(f"plugin {name}: {exc}", plugin=name) from exc
-        try:
-            self._validate(plugin, name, is_mode=True)
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.pm.unregister(plugin)
-            raise PluginValidationError(f"plugin {name}: {exc}", plugin=name) from exc
-        except PluginValidationError:
-            self.pm.unregister(plugin)
-            raise
+        self._register_checked(plugin, name, is_mode=True)
         self._mode_plugin = plugin
         self.mode_name = name
         info = self._call_info()
@@ -138,13 +125,18 @@ class PluginHost:
         return info
 
     def register_extension(self, plugin: object, name: str) -> None:
+        self._register_checked(plugin, name, is_mode=False)
+
+    def _register_checked(self, plugin: object, name: str, *, is_mode: bool) -> None:
+        """Register ``plugin`` (as ``mode:<name>`` or ``ext:<name>``) and validate its hooks;
+        a plugin that fails validation is unregistered again."""
         _check_unmarked(plugin, name)
         try:
-            self.pm.register(plugin, name=f"ext:{name}")
+            self.pm.register(plugin, name=f"{'mode' if is_mode else 'ext'}:{name}")
         except pluggy.PluginValidationError as exc:
             raise PluginValidationError(f"plugin {name}: {exc}", plugin=name) from exc
         try:
-            self._validate(plugin, name, is_mode=False)
+            self._validate(plugin, name, is_mode=is_mode)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(plugin)

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -257,36 +256,13 @@ def whoami_server(netns_path: str, ip: str, port: int = 0):
     """A TCP server inside ``netns_path`` that answers each connection with the
     peer address it sees, then closes; yields (host, port).  Shows NAT (or its
     absence) on the path."""
-    from terway_agent.datapath._probe import socket_in
+    from terway_agent.datapath._probe import tcp_server
 
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    srv = socket_in(netns_path, family, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((ip, port))
-    srv.listen(16)
-    srv.settimeout(0.2)
-    stop = threading.Event()
+    def tell(conn: socket.socket, peer: tuple[str, int]) -> None:
+        conn.sendall(f"{peer[0]}\n".encode())
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, peer = srv.accept()
-            except OSError:
-                continue
-            with conn:
-                try:
-                    conn.sendall(f"{peer[0]}\n".encode())
-                except OSError:
-                    pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield srv.getsockname()[:2]
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
+    with tcp_server(netns_path, ip, port, tell) as address:
+        yield address
 
 
 def whoami(netns_path: str, dst: str, port: int, timeout: float = 5.0) -> str:

@@ -203,6 +203,19 @@ def _vswitch_from_api(d: Mapping[str, Any]) -> VSwitchInfo:
     )
 
 
+def _log_failed(api: str, err: CloudError, attempt: int, fields: Mapping[str, Any]) -> None:
+    log.warning(
+        "openapi.call.failed",
+        api=api,
+        code=err.code,
+        request_id=err.request_id,
+        http_status=err.http_status,
+        attempt=attempt,
+        error=err.message,
+        **fields,
+    )
+
+
 def _tag_list(tags: Mapping[str, str], cls: type) -> list[Any]:
     return [cls(key=k, value=v) for k, v in tags.items()]
 
@@ -353,32 +366,13 @@ class CloudClient:
                                 **log_fields,
                             )
                             return settled
-                    log.warning(
-                        "openapi.call.failed",
-                        api=api,
-                        code=err.code,
-                        request_id=err.request_id,
-                        http_status=err.http_status,
-                        attempt=attempt,
-                        error=err.message,
-                        **log_fields,
-                    )
+                    _log_failed(api, err, attempt, log_fields)
                     raise
                 # a throttled call was not executed; after any other failure it may have been
                 ambiguous = ambiguous or not isinstance(err, CloudThrottled)
                 delay = next(delays, None)
                 if delay is None:
-                    log.warning(
-                        "openapi.call.failed",
-                        api=api,
-                        code=err.code,
-                        request_id=err.request_id,
-                        http_status=err.http_status,
-                        attempt=attempt,
-                        error=err.message,
-                        reason="retries exhausted",
-                        **log_fields,
-                    )
+                    _log_failed(api, err, attempt, {"reason": "retries exhausted", **log_fields})
                     raise
                 if err.retry_after is not None and err.retry_after > delay:
                     delay = err.retry_after
@@ -446,6 +440,16 @@ class CloudClient:
         )
         return eni
 
+    def _attachment_request(self, api: str, eni_id: str, instance_id: str, trunk_eni_id: str | None) -> Any:
+        """The request of Attach/DetachNetworkInterface (``trunk_eni_id``: a trunk member's)."""
+        return _sdk.make_request(
+            api,
+            region_id=self.settings.region_id,
+            network_interface_id=eni_id,
+            instance_id=instance_id,
+            trunk_network_instance_id=trunk_eni_id,
+        )
+
     async def attach_network_interface(
         self, eni_id: str, instance_id: str, *, trunk_eni_id: str | None = None
     ) -> None:
@@ -454,13 +458,7 @@ class CloudClient:
         Asynchronous on the cloud side: the ENI goes Attaching -> InUse; see
         :meth:`wait_eni_status`.
         """
-        request = _sdk.make_request(
-            "AttachNetworkInterface",
-            region_id=self.settings.region_id,
-            network_interface_id=eni_id,
-            instance_id=instance_id,
-            trunk_network_instance_id=trunk_eni_id,
-        )
+        request = self._attachment_request("AttachNetworkInterface", eni_id, instance_id, trunk_eni_id)
 
         async def settle(err: CloudError) -> dict[str, Any] | None:
             # an earlier attempt may have been executed: attached to us already?
@@ -487,13 +485,7 @@ class CloudClient:
         self, eni_id: str, instance_id: str, *, trunk_eni_id: str | None = None
     ) -> None:
         """DetachNetworkInterface; an ENI or instance that no longer exists is success."""
-        request = _sdk.make_request(
-            "DetachNetworkInterface",
-            region_id=self.settings.region_id,
-            network_interface_id=eni_id,
-            instance_id=instance_id,
-            trunk_network_instance_id=trunk_eni_id,
-        )
+        request = self._attachment_request("DetachNetworkInterface", eni_id, instance_id, trunk_eni_id)
 
         async def settle(err: CloudError) -> dict[str, Any] | None:
             eni = await self._describe_one(eni_id)
@@ -620,6 +612,54 @@ class CloudClient:
         return None
 
     # -- IP addresses ----------------------------------------------------------------------------
+    async def _assign_ips(
+        self,
+        api: str,
+        eni_id: str,
+        *,
+        count_field: str,
+        count: int | None,
+        ips_field: str,
+        ips: Sequence[str] | None,
+        client_token: str | None,
+        path: tuple[str, ...],
+        event: str,
+    ) -> tuple[str, ...]:
+        """Call an Assign* ``api``; return the addresses its answer lists under ``path`` (the keys
+        of the nested sets, the last one naming the list), logged as ``event``."""
+        request = _sdk.make_request(
+            api,
+            region_id=self.settings.region_id,
+            network_interface_id=eni_id,
+            **{count_field: count or None, ips_field: list(ips) if ips else None},
+            client_token=client_token or str(uuid.uuid4()),
+        )
+        body = await self._invoke(api, request, backoff=_backoff.ENI_IP_OPS, eni_id=eni_id)
+        container: Any = body
+        for key in path[:-2]:
+            container = container.get(key) or {}
+        got = tuple(str(ip) for ip in _items(container.get(path[-2]), path[-1]))
+        log.info(event, eni_id=eni_id, ips=list(got), request_id=body.get("RequestId"))
+        return got
+
+    async def _unassign_ips(
+        self, api: str, eni_id: str, ips: Sequence[str], *, ips_field: str, gone_event: str, done_event: str
+    ) -> None:
+        """Call an Unassign* ``api``; addresses or an ENI already gone are success (``gone_event``)."""
+        if not ips:
+            return
+        request = _sdk.make_request(
+            api, region_id=self.settings.region_id, network_interface_id=eni_id, **{ips_field: list(ips)}
+        )
+        try:
+            await self._invoke(api, request, backoff=_backoff.ENI_IP_OPS, eni_id=eni_id)
+        except CloudError as err:
+            if err.code in (INVALID_IP_UNASSIGNED, INVALID_ENI_NOT_FOUND):
+                log.info(gone_event, eni_id=eni_id, code=err.code, request_id=err.request_id)
+                return
+            raise
+        log.info(done_event, eni_id=eni_id, ips=list(ips))
+
     async def assign_private_ip_addresses(
         self,
         eni_id: str,
@@ -634,42 +674,28 @@ class CloudClient:
         """
         if bool(count) == bool(ips):
             raise ValueError("assign_private_ip_addresses needs either count > 0 or ips, not both")
-        request = _sdk.make_request(
+        return await self._assign_ips(
             "AssignPrivateIpAddresses",
-            region_id=self.settings.region_id,
-            network_interface_id=eni_id,
-            secondary_private_ip_address_count=count or None,
-            private_ip_address=list(ips) if ips else None,
-            client_token=client_token or str(uuid.uuid4()),
+            eni_id,
+            count_field="secondary_private_ip_address_count",
+            count=count,
+            ips_field="private_ip_address",
+            ips=ips,
+            client_token=client_token,
+            path=("AssignedPrivateIpAddressesSet", "PrivateIpSet", "PrivateIpAddress"),
+            event="eni.ipv4.assigned",
         )
-        body = await self._invoke(
-            "AssignPrivateIpAddresses", request, backoff=_backoff.ENI_IP_OPS, eni_id=eni_id
-        )
-        assigned = body.get("AssignedPrivateIpAddressesSet") or {}
-        got = tuple(str(ip) for ip in _items(assigned.get("PrivateIpSet"), "PrivateIpAddress"))
-        log.info("eni.ipv4.assigned", eni_id=eni_id, ips=list(got), request_id=body.get("RequestId"))
-        return got
 
     async def unassign_private_ip_addresses(self, eni_id: str, ips: Sequence[str]) -> None:
         """UnassignPrivateIpAddresses; addresses or an ENI already gone are success."""
-        if not ips:
-            return
-        request = _sdk.make_request(
+        await self._unassign_ips(
             "UnassignPrivateIpAddresses",
-            region_id=self.settings.region_id,
-            network_interface_id=eni_id,
-            private_ip_address=list(ips),
+            eni_id,
+            ips,
+            ips_field="private_ip_address",
+            gone_event="eni.ipv4.unassign_gone",
+            done_event="eni.ipv4.unassigned",
         )
-        try:
-            await self._invoke(
-                "UnassignPrivateIpAddresses", request, backoff=_backoff.ENI_IP_OPS, eni_id=eni_id
-            )
-        except CloudError as err:
-            if err.code in (INVALID_IP_UNASSIGNED, INVALID_ENI_NOT_FOUND):
-                log.info("eni.ipv4.unassign_gone", eni_id=eni_id, code=err.code, request_id=err.request_id)
-                return
-            raise
-        log.info("eni.ipv4.unassigned", eni_id=eni_id, ips=list(ips))
 
     async def assign_ipv6_addresses(
         self,
@@ -682,37 +708,28 @@ class CloudClient:
         """AssignIpv6Addresses: ``count`` new IPv6 addresses (or exactly ``ips``)."""
         if bool(count) == bool(ips):
             raise ValueError("assign_ipv6_addresses needs either count > 0 or ips, not both")
-        request = _sdk.make_request(
+        return await self._assign_ips(
             "AssignIpv6Addresses",
-            region_id=self.settings.region_id,
-            network_interface_id=eni_id,
-            ipv_6address_count=count or None,
-            ipv_6address=list(ips) if ips else None,
-            client_token=client_token or str(uuid.uuid4()),
+            eni_id,
+            count_field="ipv_6address_count",
+            count=count,
+            ips_field="ipv_6address",
+            ips=ips,
+            client_token=client_token,
+            path=("Ipv6Sets", "Ipv6Address"),
+            event="eni.ipv6.assigned",
         )
-        body = await self._invoke("AssignIpv6Addresses", request, backoff=_backoff.ENI_IP_OPS, eni_id=eni_id)
-        got = tuple(str(ip) for ip in _items(body.get("Ipv6Sets"), "Ipv6Address"))
-        log.info("eni.ipv6.assigned", eni_id=eni_id, ips=list(got), request_id=body.get("RequestId"))
-        return got
 
     async def unassign_ipv6_addresses(self, eni_id: str, ips: Sequence[str]) -> None:
         """UnassignIpv6Addresses; addresses or an ENI already gone are success."""
-        if not ips:
-            return
-        request = _sdk.make_request(
+        await self._unassign_ips(
             "UnassignIpv6Addresses",
-            region_id=self.settings.region_id,
-            network_interface_id=eni_id,
-            ipv_6address=list(ips),
+            eni_id,
+            ips,
+            ips_field="ipv_6address",
+            gone_event="eni.ipv6.unassign_gone",
+            done_event="eni.ipv6.unassigned",
         )
-        try:
-            await self._invoke("UnassignIpv6Addresses", request, backoff=_backoff.ENI_IP_OPS, eni_id=eni_id)
-        except CloudError as err:
-            if err.code in (INVALID_IP_UNASSIGNED, INVALID_ENI_NOT_FOUND):
-                log.info("eni.ipv6.unassign_gone", eni_id=eni_id, code=err.code, request_id=err.request_id)
-                return
-            raise
-        log.info("eni.ipv6.unassigned", eni_id=eni_id, ips=list(ips))
 
     # -- describes -------------------------------------------------------------------------------
     async def describe_instance_types(

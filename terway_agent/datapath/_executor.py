@@ -1247,23 +1247,13 @@ def _check_one(
     elif isinstance(o, Address):
         link = dev(o, o.dev)
         if link is not None:
-            _found, why = _addr_state(
-                o, cached(("addr", o.netns, link.index), lambda: nl.addr_dump(link.index))
-            )
-            if why == "missing":
-                missing(o)
-            elif why:
-                problem(o, "different", f"{o.describe()}: {why}")
+            addrs = cached(("addr", o.netns, link.index), lambda: nl.addr_dump(link.index))
+            _report_state(o, _addr_state(o, addrs)[1], problem, missing)
     elif isinstance(o, Neighbour):
         link = dev(o, o.dev)
         if link is not None:
-            _found, why = _neigh_state(
-                o, cached(("neigh", o.netns, link.index), lambda: nl.neigh_dump(link.index))
-            )
-            if why == "missing":
-                missing(o)
-            elif why:
-                problem(o, "different", f"{o.describe()}: {why}")
+            neighs = cached(("neigh", o.netns, link.index), lambda: nl.neigh_dump(link.index))
+            _report_state(o, _neigh_state(o, neighs)[1], problem, missing)
     elif isinstance(o, Route):
         oif = None
         if o.dev is not None:
@@ -1304,13 +1294,22 @@ def _check_one(
         if link is None:
             return
         filters = nl.filter_dump(link.index, _hook(o.direction))
-        _found, why = _bpf_state(o, filters, fds.get(o.slot))
-        if why == "missing":
-            missing(o)
-        elif why:
-            problem(o, "different", f"{o.describe()}: {why}")
+        _report_state(o, _bpf_state(o, filters, fds.get(o.slot))[1], problem, missing)
     else:  # pragma: no cover - every kind is handled above
         raise TypeError(f"unknown plan object {o!r}")
+
+
+def _report_state(
+    o: PlanObject,
+    why: str | None,
+    problem: Callable[[PlanObject, str, str], None],
+    missing: Callable[..., None],
+) -> None:
+    """Report what an ``_*_state`` function found wrong with ``o`` ("missing" or a difference)."""
+    if why == "missing":
+        missing(o)
+    elif why:
+        problem(o, "different", f"{o.describe()}: {why}")
 
 
 # --- remove ---------------------------------------------------------------------------

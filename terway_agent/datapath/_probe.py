@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from terway_agent.datapath import netns as _netns
@@ -101,8 +101,17 @@ def ping(
 
 
 @contextmanager
-def tcp_echo_server(netns: str | None, ip: str, port: int = 0) -> Iterator[tuple[str, int]]:
-    """Serve TCP echo on ``ip:port`` inside ``netns`` until the block ends; yields the bound address."""
+def tcp_server(
+    netns: str | None,
+    ip: str,
+    port: int,
+    handle: Callable[[socket.socket, tuple[str, int]], None],
+    *,
+    name: str | None = None,
+) -> Iterator[tuple[str, int]]:
+    """Serve TCP on ``ip:port`` inside ``netns`` until the block ends, one connection at a time:
+    ``handle(conn, peer)`` in a thread (``name``), its ``OSError`` ending only that connection.
+    Yields the bound address."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     srv = socket_in(netns, family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,18 +123,16 @@ def tcp_echo_server(netns: str | None, ip: str, port: int = 0) -> Iterator[tuple
     def serve() -> None:
         while not stop.is_set():
             try:
-                conn, _ = srv.accept()
-            except (TimeoutError, OSError):
+                conn, peer = srv.accept()
+            except OSError:  # TimeoutError included: look at ``stop`` again
                 continue
             with conn:
-                conn.settimeout(2.0)
                 try:
-                    while data := conn.recv(65536):
-                        conn.sendall(data)
+                    handle(conn, peer)
                 except OSError:
                     pass
 
-    t = threading.Thread(target=serve, name="twdp-echo", daemon=True)
+    t = threading.Thread(target=serve, name=name, daemon=True)
     t.start()
     try:
         yield srv.getsockname()[:2]
@@ -133,6 +140,19 @@ def tcp_echo_server(netns: str | None, ip: str, port: int = 0) -> Iterator[tuple
         stop.set()
         t.join(5)
         srv.close()
+
+
+@contextmanager
+def tcp_echo_server(netns: str | None, ip: str, port: int = 0) -> Iterator[tuple[str, int]]:
+    """Serve TCP echo on ``ip:port`` inside ``netns`` until the block ends; yields the bound address."""
+
+    def echo(conn: socket.socket, _peer: tuple[str, int]) -> None:
+        conn.settimeout(2.0)
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    with tcp_server(netns, ip, port, echo, name="twdp-echo") as address:
+        yield address
 
 
 def tcp_echo(netns: str | None, dst: str, port: int, *, src: str | None = None, timeout: float = 3.0) -> str:

@@ -236,17 +236,21 @@ def _build(cls: type[nlmsg], mtype: int, flags: int, fields: dict[str, Any], att
     return bytes(msg.data)
 
 
+def _present(*attrs: tuple[str, Any]) -> list[Any]:
+    """The ``(name, value)`` attributes whose value is not ``None``, in order."""
+    return [a for a in attrs if a[1] is not None]
+
+
 _CREATE = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 _REPLACE = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 
 
 @_memo
 def _getlink_msg(name: str | None, index: int, target_nsid: int | None) -> bytes:
-    attrs: list[Any] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    if name is not None:
-        attrs.append(("IFLA_IFNAME", name))
-    if target_nsid is not None:
-        attrs.append(("IFLA_IF_NETNSID", target_nsid))  # IFLA_TARGET_NETNSID
+    attrs = [
+        ("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS),
+        *_present(("IFLA_IFNAME", name), ("IFLA_IF_NETNSID", target_nsid)),  # IFLA_TARGET_NETNSID
+    ]
     return _build(ifinfmsg, RTM_GETLINK, 0, {"index": index}, attrs)
 
 
@@ -266,13 +270,12 @@ def _veth_msg(
     up: bool,
     peer_up: bool,
 ) -> bytes:
-    peer: list[Any] = [("IFLA_IFNAME", peer_name)]
-    if mtu:
-        peer.append(("IFLA_MTU", mtu))
-    if peer_mac:
-        peer.append(("IFLA_ADDRESS", peer_mac))
-    if peer_netns_fd is not None:
-        peer.append(("IFLA_NET_NS_FD", peer_netns_fd))
+    peer = [
+        ("IFLA_IFNAME", peer_name),
+        *_present(
+            ("IFLA_MTU", mtu or None), ("IFLA_ADDRESS", peer_mac or None), ("IFLA_NET_NS_FD", peer_netns_fd)
+        ),
+    ]
     peer_flags = IFF_UP if peer_up else 0
     info = {
         "attrs": [
@@ -283,12 +286,11 @@ def _veth_msg(
             ),
         ]
     }
-    attrs: list[Any] = [("IFLA_IFNAME", name)]
-    if mtu:
-        attrs.append(("IFLA_MTU", mtu))
-    if mac:
-        attrs.append(("IFLA_ADDRESS", mac))
-    attrs.append(("IFLA_LINKINFO", info))
+    attrs = [
+        ("IFLA_IFNAME", name),
+        *_present(("IFLA_MTU", mtu or None), ("IFLA_ADDRESS", mac or None)),
+        ("IFLA_LINKINFO", info),
+    ]
     flags = IFF_UP if up else 0
     return _build(ifinfmsg, RTM_NEWLINK, _CREATE, {"flags": flags, "change": flags}, attrs)
 
@@ -301,15 +303,9 @@ def _linkset_msg(
     if up is not None:
         change = IFF_UP
         flags = IFF_UP if up else 0
-    attrs: list[Any] = []
-    if name is not None:
-        attrs.append(("IFLA_IFNAME", name))
-    if mtu is not None:
-        attrs.append(("IFLA_MTU", mtu))
-    if mac is not None:
-        attrs.append(("IFLA_ADDRESS", mac))
-    if netns_fd is not None:
-        attrs.append(("IFLA_NET_NS_FD", netns_fd))
+    attrs = _present(
+        ("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", mac), ("IFLA_NET_NS_FD", netns_fd)
+    )
     fields = {"index": index, "flags": flags, "change": change}
     return _build(ifinfmsg, RTM_NEWLINK, NLM_F_ACK, fields, attrs)
 
@@ -340,9 +336,7 @@ def _addr_msg(mtype: int, flags: int, family: int, ip: str, prefixlen: int, inde
 
 @_memo
 def _routedump_msg(family: int, table: int, oif: int | None) -> bytes:
-    attrs: list[Any] = [("RTA_TABLE", table)]
-    if oif is not None:
-        attrs.append(("RTA_OIF", oif))
+    attrs = [("RTA_TABLE", table), *_present(("RTA_OIF", oif))]
     fields = {"family": family, "table": table if table < 256 else RT_TABLE_UNSPEC}
     return _build(rtmsg, RTM_GETROUTE, NLM_F_DUMP, fields, attrs)
 
@@ -373,17 +367,16 @@ def _route_msg(
         "type": rtype,
         "flags": RTNH_F_ONLINK if onlink else 0,
     }
-    attrs: list[Any] = [("RTA_TABLE", table)]
-    if dst_len:
-        attrs.append(("RTA_DST", dst))
-    if gateway is not None:
-        attrs.append(("RTA_GATEWAY", gateway))
-    if oif is not None:
-        attrs.append(("RTA_OIF", oif))
-    if priority is not None:
-        attrs.append(("RTA_PRIORITY", priority))
-    if prefsrc is not None:
-        attrs.append(("RTA_PREFSRC", prefsrc))
+    attrs = [
+        ("RTA_TABLE", table),
+        *_present(
+            ("RTA_DST", dst if dst_len else None),
+            ("RTA_GATEWAY", gateway),
+            ("RTA_OIF", oif),
+            ("RTA_PRIORITY", priority),
+            ("RTA_PREFSRC", prefsrc),
+        ),
+    ]
     return _build(rtmsg, mtype, flags, fields, attrs)
 
 
@@ -415,19 +408,18 @@ def _rule_msg(
         "table": table if table < 256 else 0,
         "action": FR_ACT_TO_TBL,
     }
-    attrs: list[Any] = [("FRA_PRIORITY", priority), ("FRA_TABLE", table)]
-    if src is not None:
-        attrs.append(("FRA_SRC", src))
-    if dst is not None:
-        attrs.append(("FRA_DST", dst))
-    if iifname is not None:
-        attrs.append(("FRA_IIFNAME", iifname))
-    if oifname is not None:
-        attrs.append(("FRA_OIFNAME", oifname))
-    if fwmark is not None:
-        attrs.append(("FRA_FWMARK", fwmark))
-    if fwmask is not None:
-        attrs.append(("FRA_FWMASK", fwmask))
+    attrs = [
+        ("FRA_PRIORITY", priority),
+        ("FRA_TABLE", table),
+        *_present(
+            ("FRA_SRC", src),
+            ("FRA_DST", dst),
+            ("FRA_IIFNAME", iifname),
+            ("FRA_OIFNAME", oifname),
+            ("FRA_FWMARK", fwmark),
+            ("FRA_FWMASK", fwmask),
+        ),
+    ]
     return _build(fibmsg, mtype, flags, fields, attrs)
 
 
@@ -438,9 +430,7 @@ def _neighdump_msg(family: int, index: int) -> bytes:
 
 @_memo
 def _neigh_msg(mtype: int, flags: int, family: int, index: int, ip: str, lladdr: str | None) -> bytes:
-    attrs: list[Any] = [("NDA_DST", ip)]
-    if lladdr is not None:
-        attrs.append(("NDA_LLADDR", lladdr))
+    attrs = [("NDA_DST", ip), *_present(("NDA_LLADDR", lladdr))]
     fields = {"family": family, "ifindex": index}
     if mtype == RTM_NEWNEIGH:
         fields["state"] = NUD_PERMANENT

@@ -198,32 +198,11 @@ class ExclusivePool(IPAM):
             self._notify()
 
     # ------------------------------------------------------------------ release
-    async def _release_excess(self, ops: trio.Nursery) -> None:
-        # an ENI given back is subject to max_pool_size once its reuse cooldown is over
-        now = self._now()
-        excess = self._usable_slots(now) - self.conf.max_pool_size
-        if excess <= 0:
-            self._excess_since = None
-            return
-        t = trio.current_time()
-        if self._excess_since is None:
-            self._excess_since = t
-        if t - self._excess_since < self._tuning.release_delay:
-            self._maint_at = self._excess_since + self._tuning.release_delay
-            return
-        self._excess_since = None
-        await self._retire(excess, ops, older_than=None)
-
-    async def _reclaim_idle(self, ops: trio.Nursery) -> None:
-        conf = self.conf
-        if conf.idle_ip_reclaim_after is None:
-            return
-        now = self._now()
-        allowed = min(conf.idle_ip_reclaim_batch_size, self._usable_slots(now) - conf.min_pool_size)
-        if allowed > 0:
-            await self._retire(allowed, ops, older_than=now - conf.idle_ip_reclaim_after)
-
-    async def _retire(self, count: int, ops: trio.Nursery, *, older_than: float | None) -> None:
+    async def _release_idle(
+        self, count: int, ops: trio.Nursery, *, older_than: float | None, why: str
+    ) -> None:
+        """Retire ``count`` idle ENIs out of their reuse cooldown (above ``min_eni``), longest
+        idle first; an ENI given back is subject to max_pool_size once its cooldown is over."""
         now = self._now()
         idle = [
             e

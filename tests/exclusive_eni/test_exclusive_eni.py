@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from agentkit import CNIRun, ns_run, unique, whoami, whoami_server
-from cloudnodes import SERVICE_CIDR, CloudCluster, Node, start_cluster
+from cloudnodes import SERVICE_CIDR, CloudCluster, Node, PodSandboxes, start_cluster
 
 from terway_agent.datapath import _probe as probe
 from terway_agent.datapath import netns
@@ -37,23 +37,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudCluster]:
     c.stop()
 
 
-class Pods:
-    def __init__(self) -> None:
-        self.made: list[tuple[Node, str, str]] = []
+class Pods(PodSandboxes):
+    prefix = "twxp"
 
     def add(self, node: Node, name: str | None = None, **kw: Any) -> tuple[str, CNIRun, str]:
-        ns = unique("twxp")
-        netns.create(ns)
-        cid = unique("cid")
-        self.made.append((node, ns, cid))
+        ns, cid = self.sandbox(node)
         r = node.agent.cni("ADD", cid, netns_path=netns.netns_path(ns), pod=("default", name or unique("x-")), **kw)
         return ns, r, cid
-
-    def cleanup(self) -> None:
-        for node, ns, cid in self.made:
-            if node.agent.proc is not None and node.agent.proc.poll() is None:
-                node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns))
-            netns.remove(ns)
 
 
 @pytest.fixture

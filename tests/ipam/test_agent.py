@@ -212,7 +212,7 @@ def test_pool_and_mapping_commands_with_the_kernel_view(netns_cloud, tmp_path: P
         for i in range(3):
             f = tmp_path / f"p{i}.netns"
             f.touch()
-            answer = agent.cni("ADD", f"k{i}", str(f), f"k{i}")
+            answer = agent.cni_request("ADD", f"k{i}", str(f), f"k{i}")
             assert answer["ok"], answer
             pods.append(answer["result"]["ips"][0]["address"].split("/")[0])
         out = agent.cli("pool")

@@ -6,8 +6,8 @@ faults happens, after every restart (and once GC has run)
   store, every owned address belongs to a live attachment, no orphan ENI is left;
 * the store matches the emulator's state, and pods that survived kept their address.
 
-The agent is the real process (``twipam_agent.py``: production agent, default
-services, the IPAM test mode), killed with SIGKILL in the middle of requests;
+The agent is the real process (tests/functional/_runner.py: production agent,
+default services, the IPAM test mode), killed with SIGKILL in the middle of requests;
 the cloud is the emulator with latencies so that kills land inside cloud calls.
 """
 
@@ -95,10 +95,10 @@ class World:
 
     # -- CNI as a runtime drives it ------------------------------------------------------------
     def add(self, cid: str) -> dict[str, Any]:
-        return self.agent.cni("ADD", cid, self.netns(cid), cid)
+        return self.agent.cni_request("ADD", cid, self.netns(cid), cid)
 
     def delete(self, cid: str) -> None:
-        answer = self.agent.cni("DEL", cid, str(self.workdir / f"{cid}.netns"), cid)
+        answer = self.agent.cni_request("DEL", cid, str(self.workdir / f"{cid}.netns"), cid)
         assert answer["ok"], (cid, answer, self.agent.log())
         self.pods.pop(cid, None)
         (self.workdir / f"{cid}.netns").unlink(missing_ok=True)

@@ -2,24 +2,20 @@
 
 :class:`Env` wraps the cloud emulator, :class:`Pool` one IPAM under test with
 its store and client, :class:`AgentProc` a real agent process running the IPAM
-test mode (``twipam_mode.py``) through ``twipam_agent.py``.
+test mode (``twipam_mode.py``): an :class:`agentkit.Agent`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
+from agentkit import Agent
 from twipam_topology import (
     ACCESS_KEY,
     FAST_BACKOFFS,
@@ -38,6 +34,7 @@ from terway_agent.cloud.settings import CloudSettings
 from terway_agent.config import EniConf
 from terway_agent.context import NodeInfo
 from terway_agent.ipam import IPAM, PoolTuning, _db
+from terway_agent.sim import VENV_BIN
 from terway_agent.store import Store
 from terway_agent.types import InstanceLimits
 
@@ -204,8 +201,8 @@ def node_info(instance: str, limits: InstanceLimits) -> NodeInfo:
 # the real agent process with the IPAM test mode
 # ---------------------------------------------------------------------------------------------
 
-AGENT_RUNNER = Path(__file__).with_name("twipam_agent.py")
-VENV_BIN = Path(sys.executable).parent
+#: the mode module, imported by tests/functional/_runner.py (the repository root is on its path)
+MODE_MODULE = "tests.ipam.twipam_mode"
 
 
 def agent_settings(workdir: Path, cloud_section: dict[str, Any], **over: Any) -> dict[str, Any]:
@@ -246,88 +243,43 @@ def agent_eni_conf(**over: Any) -> dict[str, Any]:
     return conf
 
 
-@dataclasses.dataclass
-class AgentProc:
-    """A terway agent process running the IPAM test mode."""
+class AgentProc(Agent):
+    """A terway agent process running the IPAM test mode (``twipam_mode.py``, inline through
+    tests/functional/_runner.py), in network namespace ``netns`` or, without one, in this
+    process's; ``eni`` is written to ``settings["eni_conf_path"]`` before every start."""
 
-    workdir: Path
-    settings: dict[str, Any]
-    eni: dict[str, Any]
-    netns: str | None = None
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    proc: subprocess.Popen | None = None
+    def __init__(
+        self,
+        workdir: Path,
+        settings: dict[str, Any],
+        eni: dict[str, Any],
+        netns: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, netns or "", settings, inline=MODE_MODULE, env=env)
+        self.eni = eni
 
-    @property
-    def socket(self) -> str:
-        return self.settings["socket_path"]
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "agent.log"
-
-    def write(self) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def write_settings(self) -> Path:
         Path(self.settings["eni_conf_path"]).write_text(json.dumps(self.eni))
-        p = self.workdir / "settings.json"
-        p.write_text(json.dumps(self.settings))
-        return p
+        return super().write_settings()
 
-    def start(self, timeout: float = 60.0, *, wait: bool = True) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "agent already running"
-        cmd = [sys.executable, str(AGENT_RUNNER), "--config", str(self.write())]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-        )
-        logf.close()
-        if wait:
-            self.wait_serving(timeout)
+    def command(self, *extra: str) -> list[str]:
+        if self.node_ns:
+            return super().command(*extra)
+        assert self.command_prefix is not None
+        return [*self.command_prefix, "--config", str(self.write_settings()), *extra]
 
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
-            if Path(self.settings["cni_conf_dir"], "10-terway.conflist").exists() and self._accepts():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"agent did not serve within {timeout}s:\n{self.log()}")
-
-    def _accepts(self) -> bool:
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(self.socket)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()[-8000:]
-        except FileNotFoundError:
-            return ""
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        try:  # the conflist stays on a real node; remove it so wait_serving sees the new agent
-            Path(self.settings["cni_conf_dir"], "10-terway.conflist").unlink()
-        except FileNotFoundError:
-            pass
+    def start(self, *extra: str, wait: bool = True, timeout: float = 60.0) -> None:
+        super().start(*extra, wait=wait, timeout=timeout)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return super().stop(timeout)
+
+    def kill9(self) -> None:
+        super().kill9()
+        # the conflist stays on a real node; remove it so wait_serving sees the new agent
+        self.conflist.unlink(missing_ok=True)
 
     def request(self, verb: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
         from terway_agent import protocol
@@ -336,9 +288,10 @@ class AgentProc:
             self.socket, {"v": protocol.PROTOCOL_VERSION, "verb": verb, **fields}, timeout=timeout
         )
 
-    def cni(
+    def cni_request(
         self, verb: str, cid: str, netns_path: str = "", pod: str = "", timeout: float = 60.0
     ) -> dict[str, Any]:
+        """The CNI ``verb`` as the ``terway`` executable sends it to the agent's socket."""
         env = {"CNI_CONTAINERID": cid, "CNI_IFNAME": "eth0", "CNI_NETNS": netns_path}
         if pod:
             env["CNI_ARGS"] = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"

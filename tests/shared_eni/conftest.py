@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from agentkit import CNIRun, unique
-from cloudnodes import HOST_STACK_CIDR, CloudCluster, Node, start_cluster
+from cloudnodes import HOST_STACK_CIDR, CloudCluster, Node, PodSandboxes, start_cluster
 
 from terway_agent.datapath import netns
 
@@ -33,28 +33,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudCluster]:
     c.stop()
 
 
-class Pods:
+class Pods(PodSandboxes):
     """Pod namespaces created by a test; each ADDed through the real executable."""
 
-    def __init__(self) -> None:
-        self.made: list[tuple[Node, str, str]] = []
+    prefix = "twsp"
 
     def add(self, node: Node, name: str | None = None, *, conf_extra: dict[str, Any] | None = None,
             namespace: str = "default") -> tuple[str, CNIRun, str]:
         name = name or unique("pod-")
-        ns = unique("twsp")
-        netns.create(ns)
-        cid = unique("cid")
-        self.made.append((node, ns, cid))
+        ns, cid = self.sandbox(node)
         conf = node.agent.conf(**(conf_extra or {}))
         r = node.agent.cni("ADD", cid, netns_path=netns.netns_path(ns), pod=(namespace, name), conf=conf)
         return ns, r, cid
-
-    def cleanup(self) -> None:
-        for node, ns, cid in self.made:
-            if node.agent.proc is not None and node.agent.proc.poll() is None:
-                node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns))
-            netns.remove(ns)
 
 
 @pytest.fixture

@@ -826,7 +826,8 @@ class CloudState:
             return None
         return inst.itype.eni_private_ip_address_quantity, inst.itype.eni_ipv6_address_quantity
 
-    def assign_ipv4(self, eni_id: str, count: int, ips: list[str]) -> list[str]:
+    def _eni_for_ips(self, eni_id: str) -> Eni:
+        """The ENI ``eni_id``; its addresses change only while it is Available or InUse."""
         eni = self.eni(eni_id)
         if eni.status not in ("Available", "InUse"):
             raise ApiError(
@@ -834,16 +835,31 @@ class CloudState:
                 f"The operation is not allowed in the current ENI state ({eni.status}).",
                 403,
             )
-        n = count or len(ips)
-        limits = self._ip_limits(eni)
-        limit = limits[0] if limits else 1 + MAX_SECONDARY_AT_CREATE
-        if len(eni.ipv4s) + n > limit:
+        return eni
+
+    @staticmethod
+    def _check_assign_quota(eni_id: str, have: int, n: int, limit: int | None, code: str, what: str) -> None:
+        """``code`` unless ``n`` more ``what`` fit in ``limit`` (``None``: the ENI is not attached)."""
+        if limit is None:
+            limit = 1 + MAX_SECONDARY_AT_CREATE
+        if have + n > limit:
             raise ApiError(
-                "QuotaExceeded.PrivateIpAddress",
-                f"ENI {eni_id} has {len(eni.ipv4s)} private IP addresses; {n} more would exceed the quota of "
-                f"{limit} per ENI.",
+                code,
+                f"ENI {eni_id} has {have} {what}; {n} more would exceed the quota of {limit} per ENI.",
                 403,
             )
+
+    def assign_ipv4(self, eni_id: str, count: int, ips: list[str]) -> list[str]:
+        eni = self._eni_for_ips(eni_id)
+        limits = self._ip_limits(eni)
+        self._check_assign_quota(
+            eni_id,
+            len(eni.ipv4s),
+            count or len(ips),
+            limits[0] if limits else None,
+            "QuotaExceeded.PrivateIpAddress",
+            "private IP addresses",
+        )
         vs = self._vswitch(eni.vswitch_id)
         new = vs.claim4(ips, "PrivateIpAddress") if ips else vs.alloc4(count, self.rng)
         eni.secondary_ips.extend(new)
@@ -851,13 +867,7 @@ class CloudState:
         return new
 
     def unassign_ipv4(self, eni_id: str, ips: list[str]) -> None:
-        eni = self.eni(eni_id)
-        if eni.status not in ("Available", "InUse"):
-            raise ApiError(
-                "InvalidOperation.InvalidEniState",
-                f"The operation is not allowed in the current ENI state ({eni.status}).",
-                403,
-            )
+        eni = self._eni_for_ips(eni_id)
         for ip in ips:
             if ip == eni.primary_ip:
                 raise ApiError(
@@ -877,23 +887,16 @@ class CloudState:
         self._ips_changed(eni)
 
     def assign_ipv6(self, eni_id: str, count: int, ips: list[str]) -> list[str]:
-        eni = self.eni(eni_id)
-        if eni.status not in ("Available", "InUse"):
-            raise ApiError(
-                "InvalidOperation.InvalidEniState",
-                f"The operation is not allowed in the current ENI state ({eni.status}).",
-                403,
-            )
-        n = count or len(ips)
+        eni = self._eni_for_ips(eni_id)
         limits = self._ip_limits(eni)
-        limit = limits[1] if limits else MAX_SECONDARY_AT_CREATE + 1
-        if len(eni.ipv6s) + n > limit:
-            raise ApiError(
-                "InvalidOperation.Ipv6CountExceeded",
-                f"ENI {eni_id} has {len(eni.ipv6s)} IPv6 addresses; {n} more would exceed the quota of {limit} "
-                "per ENI.",
-                403,
-            )
+        self._check_assign_quota(
+            eni_id,
+            len(eni.ipv6s),
+            count or len(ips),
+            limits[1] if limits else None,
+            "InvalidOperation.Ipv6CountExceeded",
+            "IPv6 addresses",
+        )
         vs = self._vswitch(eni.vswitch_id)
         new = vs.claim6(ips, "Ipv6Address") if ips else vs.alloc6(count, self.rng)
         eni.ipv6s.extend(new)
@@ -901,13 +904,7 @@ class CloudState:
         return new
 
     def unassign_ipv6(self, eni_id: str, ips: list[str]) -> None:
-        eni = self.eni(eni_id)
-        if eni.status not in ("Available", "InUse"):
-            raise ApiError(
-                "InvalidOperation.InvalidEniState",
-                f"The operation is not allowed in the current ENI state ({eni.status}).",
-                403,
-            )
+        eni = self._eni_for_ips(eni_id)
         norm = []
         for ip in ips:
             try:

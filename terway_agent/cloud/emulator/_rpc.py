@@ -509,15 +509,33 @@ def _ip_list(p: Params, name: str) -> list[str]:
     return ips
 
 
-def assign_private_ip_addresses(state: CloudState, p: Params) -> dict[str, Any]:
+def _assign_params(
+    state: CloudState, p: Params, count_name: str, ips_name: str
+) -> tuple[str, int, list[str]]:
+    """The ENI id, count and addresses of an Assign* call: a count or addresses, not both."""
     _check_region(state, p)
     eni_id = p.req("NetworkInterfaceId")
-    count = p.int("SecondaryPrivateIpAddressCount", default=0, lo=0, hi=MAX_IPS_PER_CALL) or 0
-    ips = _ip_list(p, "PrivateIpAddress")
+    count = p.int(count_name, default=0, lo=0, hi=MAX_IPS_PER_CALL) or 0
+    ips = _ip_list(p, ips_name)
     if count and ips:
-        raise invalid("SecondaryPrivateIpAddressCount", count, "do not combine it with PrivateIpAddress.N")
+        raise invalid(count_name, count, f"do not combine it with {ips_name}.N")
     if not count and not ips:
-        raise missing("SecondaryPrivateIpAddressCount")
+        raise missing(count_name)
+    return eni_id, count, ips
+
+
+def _unassign_params(state: CloudState, p: Params, ips_name: str) -> tuple[str, list[str]]:
+    """The ENI id and the (at least one) addresses of an Unassign* call."""
+    _check_region(state, p)
+    eni_id = p.req("NetworkInterfaceId")
+    ips = _ip_list(p, ips_name)
+    if not ips:
+        raise missing(f"{ips_name}.1")
+    return eni_id, ips
+
+
+def assign_private_ip_addresses(state: CloudState, p: Params) -> dict[str, Any]:
+    eni_id, count, ips = _assign_params(state, p, "SecondaryPrivateIpAddressCount", "PrivateIpAddress")
     new = state.assign_ipv4(eni_id, count, ips)
     return {
         "AssignedPrivateIpAddressesSet": {
@@ -528,35 +546,18 @@ def assign_private_ip_addresses(state: CloudState, p: Params) -> dict[str, Any]:
 
 
 def unassign_private_ip_addresses(state: CloudState, p: Params) -> dict[str, Any]:
-    _check_region(state, p)
-    eni_id = p.req("NetworkInterfaceId")
-    ips = _ip_list(p, "PrivateIpAddress")
-    if not ips:
-        raise missing("PrivateIpAddress.1")
-    state.unassign_ipv4(eni_id, ips)
+    state.unassign_ipv4(*_unassign_params(state, p, "PrivateIpAddress"))
     return {}
 
 
 def assign_ipv6_addresses(state: CloudState, p: Params) -> dict[str, Any]:
-    _check_region(state, p)
-    eni_id = p.req("NetworkInterfaceId")
-    count = p.int("Ipv6AddressCount", default=0, lo=0, hi=MAX_IPS_PER_CALL) or 0
-    ips = _ip_list(p, "Ipv6Address")
-    if count and ips:
-        raise invalid("Ipv6AddressCount", count, "do not combine it with Ipv6Address.N")
-    if not count and not ips:
-        raise missing("Ipv6AddressCount")
+    eni_id, count, ips = _assign_params(state, p, "Ipv6AddressCount", "Ipv6Address")
     new = state.assign_ipv6(eni_id, count, ips)
     return {"NetworkInterfaceId": eni_id, "Ipv6Sets": {"Ipv6Address": new}}
 
 
 def unassign_ipv6_addresses(state: CloudState, p: Params) -> dict[str, Any]:
-    _check_region(state, p)
-    eni_id = p.req("NetworkInterfaceId")
-    ips = _ip_list(p, "Ipv6Address")
-    if not ips:
-        raise missing("Ipv6Address.1")
-    state.unassign_ipv6(eni_id, ips)
+    state.unassign_ipv6(*_unassign_params(state, p, "Ipv6Address"))
     return {}
 
 

@@ -40,6 +40,7 @@ from terway_agent.cloud.emulator._sts import StsStore
 from terway_agent.cloud.emulator._workers import NodeSideRunner, Scheduler
 from terway_agent.cloud.emulator.node_side import NodeSide, NullNodeSide, ServiceAddresses
 from terway_agent.cloud.emulator.topology import (
+    _INSTANCE_KEYS,
     InstanceSpec,
     Topology,
     VSwitchSpec,
@@ -326,20 +327,9 @@ class Emulator:
                 self._md_mode = tokens
 
     def _admin_add_instance(self, body: dict[str, Any]) -> dict[str, Any]:
-        allowed = {
-            "id",
-            "type",
-            "zone",
-            "vswitch",
-            "netns",
-            "security_groups",
-            "primary_ip",
-            "hostname",
-            "ram_role",
-        }
-        unknown = set(body) - allowed
+        unknown = set(body) - _INSTANCE_KEYS
         if unknown:
-            raise ConfigError("instance", sorted(unknown), f"only the keys {sorted(allowed)}")
+            raise ConfigError("instance", sorted(unknown), f"only the keys {sorted(_INSTANCE_KEYS)}")
         for key in ("id", "type", "vswitch"):
             if not isinstance(body.get(key), str) or not body[key]:
                 raise ConfigError(key, body.get(key), "a non-empty string")

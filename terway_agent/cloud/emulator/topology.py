@@ -213,6 +213,10 @@ _TOP_KEYS = {
     "node_side",
     "sts_lifetime",
 }
+#: the keys of an instance, in a topology and in the admin API's add-instance
+_INSTANCE_KEYS = frozenset(
+    {"id", "type", "zone", "vswitch", "netns", "security_groups", "primary_ip", "hostname", "ram_role"}
+)
 
 
 def _mapping(value: Any, fld: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
@@ -339,22 +343,7 @@ def _parse(data: Any, source: str) -> Topology:
     instances: list[InstanceSpec] = []
     for i, raw in enumerate(_list(top.get("instances"), "instances")):
         fld = f"instances[{i}]"
-        inst = _mapping(
-            raw,
-            fld,
-            {
-                "id",
-                "type",
-                "zone",
-                "vswitch",
-                "netns",
-                "security_groups",
-                "primary_ip",
-                "hostname",
-                "ram_role",
-            },
-            {"id", "type", "vswitch"},
-        )
+        inst = _mapping(raw, fld, _INSTANCE_KEYS, {"id", "type", "vswitch"})
         iid = _str(inst["id"], f"{fld}.id")
         if any(x.id == iid for x in instances):
             raise ConfigError(f"{fld}.id", iid, "an instance id not used before")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from alibabacloud_ecs20140526 import models as m
-from twemu_helpers import assert_shape, attach, create_eni, describe_eni, detach
+from twemu_helpers import assert_shape, attach, call_rpc, create_eni, describe_eni, detach
 
 
 def test_create_network_interface_full(emulator):
@@ -254,10 +254,12 @@ def test_describe_vswitches_ecs_and_vpc_versions(emulator):
     ).body
     assert everything.total_count == 5
     # The VPC API version of DescribeVSwitches (2016-04-28) adds the IPv6 CIDR.
-    vpc_body = c.call_api(
-        _vpc_params("DescribeVSwitches"),
-        _req({"RegionId": emulator.region_id, "VSwitchId": emulator.vsw_pod_a}),
-        _runtime(),
+    vpc_body = call_rpc(
+        c,
+        "DescribeVSwitches",
+        {"RegionId": emulator.region_id, "VSwitchId": emulator.vsw_pod_a},
+        version="2016-04-28",
+        protocol="HTTPS",
     )["body"]
     [vpc_vs] = vpc_body["VSwitches"]["VSwitch"]
     assert vpc_vs["Ipv6CidrBlock"] == "2408:4005:300:8c01::/64"
@@ -329,31 +331,3 @@ def test_describe_filters(emulator):
         ).body.network_interface_sets.network_interface_set
         if e.type == "Primary"
     }
-
-
-def _vpc_params(action):
-    from alibabacloud_tea_openapi.utils_models import Params
-
-    return Params(
-        action=action,
-        version="2016-04-28",
-        protocol="HTTPS",
-        pathname="/",
-        method="POST",
-        auth_type="AK",
-        style="RPC",
-        req_body_type="formData",
-        body_type="json",
-    )
-
-
-def _req(query):
-    from alibabacloud_tea_openapi.utils_models import OpenApiRequest
-
-    return OpenApiRequest(query=query)
-
-
-def _runtime():
-    from darabonba.runtime import RuntimeOptions
-
-    return RuntimeOptions()

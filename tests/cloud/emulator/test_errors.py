@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from alibabacloud_ecs20140526 import models as m
 from alibabacloud_tea_openapi.exceptions import ClientException
-from alibabacloud_tea_openapi.utils_models import OpenApiRequest, Params
-from darabonba.runtime import RuntimeOptions
-from twemu_helpers import api_error, attach, create_eni, describe_eni
+from twemu_helpers import api_error, attach, call_rpc, create_eni, describe_eni, detach
 
 
 def _check(err, code, status):
@@ -73,19 +71,8 @@ def test_invalid_parameter(emulator):
 
 def test_unknown_action_and_region(emulator):
     c = emulator.ecs_client()
-    params = Params(
-        action="DescribeUnicorns",
-        version="2014-05-26",
-        protocol="HTTP",
-        pathname="/",
-        method="POST",
-        auth_type="AK",
-        style="RPC",
-        req_body_type="formData",
-        body_type="json",
-    )
     err = api_error(
-        lambda: c.call_api(params, OpenApiRequest(query={"RegionId": "cn-hangzhou"}), RuntimeOptions())
+        lambda: call_rpc(c, "DescribeUnicorns", {"RegionId": "cn-hangzhou"}, version="2014-05-26")
     )
     _check(err, "InvalidAction.NotFound", 404)
     err = api_error(
@@ -158,15 +145,7 @@ def test_invalid_eni_state(emulator):
         403,
     )
     other = create_eni(c, emulator)
-    err = api_error(
-        lambda: c.detach_network_interface(
-            m.DetachNetworkInterfaceRequest(
-                region_id=emulator.region_id,
-                network_interface_id=other.network_interface_id,
-                instance_id=emulator.node1,
-            )
-        )
-    )
+    err = api_error(lambda: detach(c, emulator, other.network_interface_id, emulator.node1))
     _check(err, "InvalidOperation.InvalidEniState", 403)
 
 
@@ -177,15 +156,7 @@ def test_detach_primary_not_allowed(emulator):
             region_id=emulator.region_id, instance_id=emulator.node1, type="Primary"
         )
     ).body.network_interface_sets.network_interface_set[0]
-    err = api_error(
-        lambda: c.detach_network_interface(
-            m.DetachNetworkInterfaceRequest(
-                region_id=emulator.region_id,
-                network_interface_id=primary.network_interface_id,
-                instance_id=emulator.node1,
-            )
-        )
-    )
+    err = api_error(lambda: detach(c, emulator, primary.network_interface_id, emulator.node1))
     _check(err, "InvalidOperation.DetachPrimaryEniNotAllowed", 403)
 
 

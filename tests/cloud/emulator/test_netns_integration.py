@@ -12,8 +12,6 @@ import time
 
 import pytest
 from alibabacloud_ecs20140526 import models as m
-from alibabacloud_ecs20140526.client import Client
-from alibabacloud_tea_openapi.utils_models import Config
 from pyroute2 import IPRoute
 from twemu_topology import TEST_TOPOLOGY
 
@@ -52,15 +50,7 @@ def test_node_namespace_talks_to_the_cloud(cloud):
         resp = conn.getresponse()
         assert (resp.status, resp.read().decode()) == (200, fx.node1)
         conn.close()
-        c = Client(
-            Config(
-                access_key_id=fx.access_key_id,
-                access_key_secret=fx.access_key_secret,
-                endpoint="100.100.100.201:80",
-                protocol="http",
-                region_id=fx.region_id,
-            )
-        )
+        c = fx.ecs_client(endpoint="100.100.100.201:80")  # the OpenAPI address seen from a VPC
         eni = c.create_network_interface(
             m.CreateNetworkInterfaceRequest(
                 region_id=fx.region_id, v_switch_id=fx.vsw_pod_a, security_group_id=fx.sg

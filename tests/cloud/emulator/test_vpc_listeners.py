@@ -9,8 +9,6 @@ import secrets
 
 import pytest
 from alibabacloud_ecs20140526 import models as m
-from alibabacloud_ecs20140526.client import Client
-from alibabacloud_tea_openapi.utils_models import Config
 from pyroute2 import IPRoute
 
 from terway_agent.datapath import netns
@@ -88,15 +86,7 @@ def test_services_inside_the_vpc_namespace(vpc):
         assert _md_get("/latest/meta-data/private-ipv4", "172.16.0.11") == (200, "172.16.0.11")
         # a caller that is no instance's primary IP is refused
         assert _md_get("/latest/meta-data/instance-id", "100.100.100.200")[0] == 403
-        client = Client(
-            Config(
-                access_key_id=fx.access_key_id,
-                access_key_secret=fx.access_key_secret,
-                endpoint="100.100.100.201:80",
-                protocol="http",
-                region_id=fx.region_id,
-            )
-        )
+        client = fx.ecs_client(endpoint="100.100.100.201:80")  # the OpenAPI address seen from a VPC
         body = client.describe_network_interfaces(
             m.DescribeNetworkInterfacesRequest(region_id=fx.region_id)
         ).body

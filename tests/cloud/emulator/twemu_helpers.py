@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from alibabacloud_ecs20140526 import models as m
 from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
+from alibabacloud_tea_openapi.utils_models import OpenApiRequest, Params
+from darabonba.runtime import RuntimeOptions
 
 
 def api_error(fn: Callable[[], Any]) -> AlibabaCloudException:
@@ -16,6 +18,25 @@ def api_error(fn: Callable[[], Any]) -> AlibabaCloudException:
     with pytest.raises(AlibabaCloudException) as info:
         fn()
     return info.value
+
+
+def call_rpc(
+    client: Any, action: str, query: dict[str, str], *, version: str, protocol: str = "HTTP"
+) -> dict[str, Any]:
+    """Call the RPC-style OpenAPI ``action`` of API ``version`` through the SDK's generic
+    ``call_api`` (for what the typed ECS client has no method for)."""
+    params = Params(
+        action=action,
+        version=version,
+        protocol=protocol,
+        pathname="/",
+        method="POST",
+        auth_type="AK",
+        style="RPC",
+        req_body_type="formData",
+        body_type="json",
+    )
+    return client.call_api(params, OpenApiRequest(query=query), RuntimeOptions())
 
 
 def assert_shape(body: Any) -> None:
