@@ -310,7 +310,7 @@ class IPAM:
         """A whole ENI for ``owner`` (exclusive pool); same guarantees as :meth:`allocate_ips`."""
         raise PermanentError(f"allocate_eni is not available in the {self.kind} ENI pool; use allocate_ips")
 
-    async def release_eni(self, owner: str) -> None:
+    async def release_eni(self, owner: str, *, discard: bool = False) -> None:
         """Give back the ENI of ``owner`` (idempotent): idle in the pool, or deleted per policy."""
         raise PermanentError(f"release_eni is not available in the {self.kind} ENI pool; use release_ips")
 
@@ -1105,6 +1105,14 @@ class IPAM:
 
     async def _retire_eni(self, eni: Eni, ops: trio.Nursery) -> bool:
         """Mark an idle ENI ``releasing`` (memory first, then the store) and start deleting it."""
+        if not await self._mark_retiring(eni):
+            return False
+        ops.start_soon(self._delete_eni, eni)
+        return True
+
+    async def _mark_retiring(self, eni: Eni) -> bool:
+        """Mark an idle ENI ``releasing``, memory first, then the store (the
+        maintenance pass deletes ``releasing`` ENIs it finds)."""
         if eni.busy or eni.owner is not None or any(ip.owner is not None for ip in eni.ips.values()):
             return False
         now = self._now()
@@ -1120,7 +1128,6 @@ class IPAM:
             for ip in eni.ips.values():
                 ip.state = before.get(ip.address, "ready")
             return False
-        ops.start_soon(self._delete_eni, eni)
         return True
 
     async def _unassign(self, eni: Eni, ips: Sequence[Ip]) -> None:

@@ -123,7 +123,9 @@ class ExclusivePool(IPAM):
             self._kick()
         return lease
 
-    async def release_eni(self, owner: str) -> None:
+    async def release_eni(self, owner: str, *, discard: bool = False) -> None:
+        """Give ``owner``'s ENI back to the pool; with ``discard`` it is detached and
+        deleted instead (its NIC was lost: it must never be handed out again)."""
         _owner_ok(owner)
         await self._ensure_loaded()
         eni = self._owned_eni(owner)
@@ -132,11 +134,13 @@ class ExclusivePool(IPAM):
         now = self._now()
         with trio.CancelScope(shield=True):
             await self._store.acall(_db.release_eni_owner, self._store, owner, now)
-        eni.owner, eni.pod, eni.released_at = None, "", now
-        for ip in eni.ips.values():
-            ip.owner, ip.pod, ip.released_at = None, "", now
-        self._reindex()
-        log.info("ipam.eni.released_by_owner", owner=owner, eni_id=eni.eni_id)
+            eni.owner, eni.pod, eni.released_at = None, "", now
+            for ip in eni.ips.values():
+                ip.owner, ip.pod, ip.released_at = None, "", now
+            self._reindex()
+            if discard and await self._mark_retiring(eni):
+                log.warning("ipam.eni.discarded", owner=owner, eni_id=eni.eni_id)
+        log.info("ipam.eni.released_by_owner", owner=owner, eni_id=eni.eni_id, discard=discard)
         self._update_gauges()
         self._kick_maint()
         self._notify()

@@ -228,3 +228,28 @@ def test_egress_bandwidth_is_shaped_on_the_pods_eni(cluster, pods) -> None:
     b_ns, b, _ = pods.add(cluster.nodes[1])
     rate = probe.measure_throughput(netns.netns_path(ns), netns.netns_path(b_ns), ip_of(b), seconds=2.0) * 8
     assert 0.75 * 16e6 <= rate <= 1.25 * 16e6, f"measured {rate / 1e6:.1f} Mbit/s"
+
+
+def test_a_nic_lost_with_its_namespace_is_discarded_not_reused(cluster, pods) -> None:
+    """The namespace is deleted behind the agent's back with the ENI inside (the
+    emulated ENI, a veth end, dies with it): DEL succeeds, and the ENI is
+    detached and deleted instead of going back to the pool."""
+    node = cluster.nodes[0]
+    ns, r, cid = pods.add(node)
+    assert r.rc == 0, r.stdout
+    eni_id = [a for a in node.agent.attachments() if a["container_id"] == cid][0]["eni"]
+    netns.remove(ns)
+    assert node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns)).rc == 0
+
+    def gone() -> bool:
+        e = enis(cluster).get(eni_id)
+        return e is None or e["status"] in ("Available", "Deleting")
+
+    deadline = time.monotonic() + 30
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone(), f"{eni_id} is still attached: {enis(cluster).get(eni_id)}"
+    # the next pod gets a working ENI at once
+    ns2, r2, _ = pods.add(node)
+    assert r2.rc == 0, r2.stdout
+    probe.ping(netns.netns_path(ns2), cluster.nodes[1].primary_ip)

@@ -31,7 +31,6 @@ from terway_agent.plugin import (
     PodRequest,
     RepairReport,
     Status,
-    TemporaryError,
     hookimpl,
 )
 from terway_mode_exclusive_eni import _plan
@@ -81,7 +80,11 @@ async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
 
 @hookimpl
 async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allocation | None) -> None:
-    await ctx.require_ipam().release_eni(request.owner)
+    lost_key = f"lost/{request.owner}"
+    lost = await ctx.store.acall(ctx.store.kv_get, MODE, lost_key)
+    await ctx.require_ipam().release_eni(request.owner, discard=lost is not None)
+    if lost is not None:
+        await ctx.store.acall(ctx.store.kv_put, MODE, lost_key, None)
 
 
 def _locate(mac: str, pod_netns: str) -> str | None:
@@ -181,22 +184,38 @@ async def terway_teardown_link(
         try:
             home = await _home_name(ctx, allocation.mac, request.netns)
         except NotFound as exc:
-            # Neither on the node nor in the pod: handing the ENI back to the pool
-            # would give the next pod a NIC that is not there.  Fail, so the
-            # attachment stays (releasing) and DEL/GC retry once it reappears.
-            log.error("exclusive_eni.nic.lost", mac=allocation.mac, eni=allocation.eni_id, error=str(exc))
-            raise TemporaryError(
-                f"the NIC of ENI {allocation.eni_id} ({allocation.mac}) is neither on the node nor in the pod; "
-                "it is not returned to the pool until it is found",
-                eni=allocation.eni_id,
-                mac=allocation.mac,
-            ) from exc
+            await _mark_lost(ctx, request, allocation, str(exc))
+            return
         plan = await _build(ctx, request, allocation, home)
     # remove() moves the NIC back to the node under its original name, down,
     # wherever it is (also when the pod's netns is already gone: the kernel
-    # returns a physical-like device to the initial namespace, where we find it by MAC).
+    # returns a physical NIC to the initial namespace, where we find it by MAC).
     await dp.remove_async(plan, limiter=ctx.netlink_limiter)
     await ctx.run_sync(_restore_name_after_netns_gone, allocation.mac, link.state.get("home_name") if link else None)
+    if not await ctx.run_sync(_on_node, allocation.mac):
+        await _mark_lost(ctx, request, allocation, "the NIC did not come back to the node")
+
+
+def _on_node(mac: str) -> bool:
+    try:
+        dp.find_link_by_mac(mac, timeout=1.0)
+        return True
+    except NotFound:
+        return False
+
+
+async def _mark_lost(ctx: ModeContext, request: PodRequest, allocation: Allocation, why: str) -> None:
+    """The NIC is neither on the node nor in the pod (its namespace was deleted
+    with it inside, say): nothing of ours is left to remove, but the ENI must
+    never be handed out again -- release discards it (detached and deleted)."""
+    log.error("exclusive_eni.nic.lost", mac=allocation.mac, eni=allocation.eni_id, why=why)
+    ctx.events.record(
+        f"Node/{ctx.node.name}", "Node", "ENILost",
+        f"the NIC of ENI {allocation.eni_id} ({allocation.mac}) of pod {request.pod.key} is gone; "
+        "the ENI is detached and deleted instead of being reused",
+        warning=True,
+    )
+    await ctx.store.acall(ctx.store.kv_put, MODE, f"lost/{request.owner}", allocation.eni_id)
 
 
 def _restore_name_after_netns_gone(mac: str, home_name: str | None) -> None:
