@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from terway_agent import hookspecs
-from terway_agent.errors import ConfigError, PermanentError
+from terway_agent.errors import ConfigError, FeatureNotSupported, PermanentError
 from terway_agent.types import (
     Allocation,
     Attachment,
@@ -299,6 +299,13 @@ class PluginHost:
     async def policy(
         self, ctx: Any, pod: PodRef, allocation: Allocation, policies: Sequence[Mapping[str, Any]]
     ) -> None:
+        if policies and not self.pm.hook.terway_policy.get_hookimpls():
+            raise FeatureNotSupported(
+                f"pod {pod.namespace}/{pod.name} is selected by {len(policies)} network "
+                f"polic{'y' if len(policies) == 1 else 'ies'}, but no loaded plugin of mode "
+                f"{self.mode_name} enforces NetworkPolicy",
+                mode=self.mode_name,
+            )
         await self._await_all(self.pm.hook.terway_policy(ctx=ctx, pod=pod, allocation=allocation, policies=policies))
 
     async def gc(self, ctx: Any, live: Sequence[Attachment]) -> list[str]:

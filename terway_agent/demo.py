@@ -34,12 +34,19 @@ class Demo:
         self.procs: list[subprocess.Popen] = []
         self.step_no = 0
         self.cluster: Any = None
+        self.failures: list[str] = []
 
     # -- presentation -----------------------------------------------------------
 
     def step(self, text: str) -> None:
         self.step_no += 1
         print(f"\n[{self.step_no}] {text}", flush=True)
+
+    def expect(self, what: str, got: int, want: int) -> None:
+        """Record a step whose exit code is not the expected one; the demo then exits 1."""
+        if got != want:
+            self.failures.append(f"step {self.step_no}: {what} exited {got}, expected {want}")
+            print(f"    !! unexpected: {what} exited {got}, expected {want}", flush=True)
 
     def show(self, text: str) -> None:
         for line in text.rstrip().splitlines():
@@ -60,7 +67,7 @@ class Demo:
             raise RuntimeError(f"{' '.join(full)} failed: {p.stdout}{p.stderr}")
         return p.stdout
 
-    def cni(self, command: str, conf: dict[str, Any], **env: str) -> tuple[int, Any]:
+    def cni(self, command: str, conf: dict[str, Any], expect: int = 0, **env: str) -> tuple[int, Any]:
         e = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_PATH": str(self.work / "bin"), **env}
         p = subprocess.run([str(self.work / "bin" / "terway")], input=json.dumps(conf).encode(), env=e,
                            capture_output=True, timeout=120)
@@ -69,6 +76,7 @@ class Demo:
         print(f"    $ CNI_COMMAND={command} {shown} terway  ->  exit {p.returncode}", flush=True)
         if out:
             self.show(out if len(out) < 400 else out[:400] + " ...")
+        self.expect(f"terway {command}", p.returncode, expect)
         return p.returncode, json.loads(out) if out else None
 
     def cleanup(self) -> None:
@@ -163,7 +171,7 @@ class Demo:
                  CNI_IFNAME="eth0")
         self.step("CHECK after someone deleted web-0's default route")
         self.sh("ip", "route", "del", "default", ns=pod_ns)
-        self.cni("CHECK", dict(terway, prevResult=res), CNI_CONTAINERID=cid, CNI_NETNS=netns.netns_path(pod_ns),
+        self.cni("CHECK", dict(terway, prevResult=res), expect=1, CNI_CONTAINERID=cid, CNI_NETNS=netns.netns_path(pod_ns),
                  CNI_IFNAME="eth0")
 
         self.step("Attachments the agent holds (terway-agent attachments)")
@@ -203,7 +211,7 @@ class Demo:
         self.cni("DEL", terway, CNI_CONTAINERID=cid, CNI_NETNS="", CNI_IFNAME="eth0")
 
         self.step("Bad input gets a clear error: an interface name that cannot exist")
-        self.cni("ADD", terway, CNI_CONTAINERID="bad1", CNI_NETNS=netns.netns_path(pod_ns),
+        self.cni("ADD", terway, expect=1, CNI_CONTAINERID="bad1", CNI_NETNS=netns.netns_path(pod_ns),
                  CNI_IFNAME="this-is-far-too-long")
 
         return self.finish(keep)
@@ -212,7 +220,12 @@ class Demo:
         if keep:
             print(f"\nThe demo keeps running (work dir {self.work}); Ctrl-C to stop.", flush=True)
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        print("\nDone. Everything the demo created is being removed.", flush=True)
+        if self.failures:
+            print(f"\nThe demo FAILED ({len(self.failures)} unexpected result(s)):", flush=True)
+            for f in self.failures:
+                print(f"  - {f}", flush=True)
+            return 1
+        print("\nDone: every step gave the expected result. Everything the demo created is being removed.", flush=True)
         return 0
 
     # -- the cloud demo --------------------------------------------------------------
@@ -289,6 +302,7 @@ class Demo:
         self.sh("ip", "rule", "del", "priority", "2048", "from", ip, ns=node.netns)
         r = node.agent.cni("CHECK", cid, netns_path=netns.netns_path(ns))
         self.show(f"CHECK -> exit {r.rc}: {r.out['msg'] if r.out else ''}")
+        self.expect("CHECK with a rule missing", r.rc, 1)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and f"from {ip}" not in self.sh("ip", "rule", "show", ns=node.netns):
             time.sleep(0.2)
@@ -296,12 +310,15 @@ class Demo:
                                              if f"from {ip}" in ln][0].strip())
         r = node.agent.cni("CHECK", cid, netns_path=netns.netns_path(ns))
         self.show(f"CHECK -> exit {r.rc}")
+        self.expect("CHECK after the repair", r.rc, 0)
 
         self.step("DEL every pod (twice, as containerd does); the IPs go back to the warm pool")
         for name, (node, ns, cid, _ip) in pods.items():
             a = node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns))
             b = node.agent.cni("DEL", cid, netns_path="")
             self.show(f"DEL {name} -> exit {a.rc}, again without a netns -> exit {b.rc}")
+            self.expect(f"DEL {name}", a.rc, 0)
+            self.expect(f"DEL {name} again", b.rc, 0)
         self.show(self.sh(str(sim.VENV_BIN / "terway-agent"), "pool", "--socket", n1.agent.socket))
         return self.finish(keep)
 

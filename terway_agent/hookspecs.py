@@ -21,8 +21,10 @@ the core awaits each one explicitly in the calling task (see
 * an implementation that blocks (netlink, the cloud SDK, the kube client) must
   go through ``ctx.run_sync`` / ``trio.to_thread.run_sync`` with a limiter --
   never block the event loop;
-* cancellation: the core cancels ``allocate``/``setup_link`` when the CNI
-  request is abandoned or the agent shuts down; ``release``, ``teardown_link``
+* cancellation: the core cancels ``allocate``/``setup_link``/``policy`` when
+  the agent shuts down and the drain deadline passes (a CNI executable that
+  goes away does not cancel its request: the runtime follows up with DEL,
+  answered try-again until the ADD finished); ``release``, ``teardown_link``
   and ``stop`` run **shielded** with a deadline and must finish what they
   started.
 
@@ -152,8 +154,8 @@ async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
     """Reserve network resources (addresses, an ENI) for a new attachment.
 
     Awaited in the task serving a CNI ADD, after the core checked that the
-    attachment is not already known.  May be cancelled (request abandoned,
-    shutdown): leave nothing half-reserved, or make it reclaimable by
+    attachment is not already known.  May be cancelled (shutdown after the
+    drain deadline): leave nothing half-reserved, or make it reclaimable by
     ``terway_release``.  Must be safe to call again for the same attachment
     after a crash (use the attachment as the owner key).
 
@@ -244,9 +246,10 @@ async def terway_policy(
 ) -> None:
     """Apply the network policies that select a pod.
 
-    Awaited after ``terway_setup_link`` on ADD (with the pod's current
-    policies, possibly empty) and whenever the policies selecting the pod
-    change.  Idempotent.  A mode that cannot enforce non-empty ``policies``
+    Awaited after ``terway_setup_link`` on ADD, with the pod's current
+    policies (possibly empty).  (No policy controller re-applies them on
+    change yet; the core raises ``FeatureNotSupported`` itself when policies
+    are non-empty and no loaded plugin implements this hook.)  Idempotent.  A mode that cannot enforce non-empty ``policies``
     must raise :class:`terway_agent.errors.FeatureNotSupported` -- never ignore
     them silently.
 

@@ -224,13 +224,18 @@ class Agent:
         self.service.on_attached = self._record_ran
 
         async with trio.open_nursery() as services:
+            # The debug endpoint first: /healthz answers while start-up (Kubernetes, cloud,
+            # resync) runs, so a liveness probe does not kill a slow start; /readyz says 503.
+            if self.settings.debug_listen:
+                dl = await open_debug_listener(self.settings.debug_listen)
+                self.debug_address = listener_address(dl)
+                services.start_soon(serve_debug, dl, self._ready)
             for svc in self.services:
                 await svc(self, services)
             await self.host.start(self.ctx, services)
             await self._resync()
             await self._repair("start")
 
-            dl = await open_debug_listener(self.settings.debug_listen) if self.settings.debug_listen else None
             listener = await open_unix_listener(self.settings.socket_path)
             async with trio.open_nursery() as handlers:
                 accept_scope = trio.CancelScope()
@@ -241,9 +246,6 @@ class Agent:
 
                 handlers.start_soon(accept)
                 await trio.to_thread.run_sync(self._write_conflist)
-                if dl is not None:
-                    self.debug_address = listener_address(dl)
-                    services.start_soon(lambda: serve_debug(dl, self._ready))
                 services.start_soon(self._reload_loop)
                 services.start_soon(self._periodic, self.settings.gc_interval, self._gc_pass)
                 services.start_soon(self._periodic, self.settings.repair_interval, lambda: self._repair("periodic"))
@@ -327,13 +329,19 @@ class Agent:
             reports = await self.service.repair()
         except Exception as exc:
             log.error("repair.failed", trigger=trigger, error=repr(exc))
+            self.service.repair_failures = (f"the repair pass itself ({exc})",)
             return
+        failed: list[str] = []
         for r in reports:
             if r.repaired:
                 metrics.REPAIRS.inc(len(r.repaired))
                 log.warning("repair.repaired", trigger=trigger, objects=list(r.repaired))
             if r.failed:
                 log.error("repair.incomplete", trigger=trigger, failed=list(r.failed))
+                failed.extend(r.failed)
+        if self.service.repair_failures and not failed:
+            log.info("repair.recovered", trigger=trigger)
+        self.service.repair_failures = tuple(failed)
 
     async def _attachment_gone(self, att: Attachment) -> bool:
         """Its sandbox's netns is gone, or (Kubernetes) its pod is gone from the API."""
@@ -423,10 +431,19 @@ class Agent:
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / self.settings.cni_conf_name
         try:
-            if target.read_bytes() == body:
-                return
+            existing = target.read_bytes()
         except FileNotFoundError:
-            pass
+            existing = None
+        if existing == body:
+            return
+        if existing is not None and hashlib.sha256(existing).hexdigest() != self.store.get_meta(META_CONFLIST_SHA):
+            # Not what we wrote last (another tool's, or an older installation's): keep a copy
+            # outside the runtime's conf dir, where it would otherwise be loaded, before replacing it.
+            backup_dir = Path(self.settings.state_dir) / "replaced-cni-conf"
+            backup_dir.mkdir(parents=True, exist_ok=True)
+            backup = backup_dir / f"{self.settings.cni_conf_name}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            backup.write_bytes(existing)
+            log.warning("cni.conflist.foreign_replaced", path=str(target), backup=str(backup))
         tmp = directory / f".{self.settings.cni_conf_name}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(body)
@@ -440,7 +457,8 @@ class Agent:
     async def _ready(self) -> tuple[bool, str]:
         if not self.serving.is_set() or self.ctx is None:
             return False, "not serving yet"
-        st = await self.host.status(self.ctx)
+        assert self.service is not None
+        st = await self.service.node_status()
         return (st.ok, "ready" if st.ok else f"status {st.code}: {st.message}")
 
     # -- queries (terway-agent subcommands) ---------------------------------------------

@@ -37,7 +37,7 @@ from terway_agent.errors import InvalidInput, NotFound, PodBusy, TemporaryError,
 from terway_agent.log import bind_request, get_logger
 from terway_agent.podspec import bandwidth_from
 from terway_agent.protocol import CNI_VERBS, PROTOCOL_VERSION
-from terway_agent.types import Allocation, Attachment, LinkResult, PodRef, PodRequest
+from terway_agent.types import Allocation, Attachment, LinkResult, PodRef, PodRequest, Status
 
 log = get_logger(__name__)
 
@@ -103,6 +103,8 @@ class CNIService:
         self.draining = False
         #: called (in a worker thread) after each successful ADD
         self.on_attached: Callable[[], None] | None = None
+        #: objects the last repair pass could not restore (STATUS answers 51 while non-empty)
+        self.repair_failures: tuple[str, ...] = ()
         #: called in the serving task after each successful ADD, with the
         #: request, the allocation and the seconds it took; must not block
         #: (e.g. queue work for a background task).
@@ -371,8 +373,19 @@ class CNIService:
             raise CNIError(102, f"CHECK found {len(problems)} problem(s): " + "; ".join(problems), problems=problems)
         return None
 
-    async def _status(self) -> None:
+    async def node_status(self) -> Status:
+        """The plugins' answer, made 51 while the last repair pass left objects of
+        live pods missing (those pods may have limited connectivity)."""
         st = await self.host.status(self.ctx)
+        if self.repair_failures:
+            shown = "; ".join(self.repair_failures[:5])
+            more = f" (and {len(self.repair_failures) - 5} more)" if len(self.repair_failures) > 5 else ""
+            why = f"existing pods may have limited connectivity: the last repair pass could not restore {shown}{more}"
+            return Status(51, f"{st.message}; {why}" if st.message else why)
+        return st
+
+    async def _status(self) -> None:
+        st = await self.node_status()
         if not st.ok:
             raise CNIError(st.code, st.message or "the node cannot serve ADD now")
         return None
@@ -380,7 +393,11 @@ class CNIService:
     async def _gc(self, conf: Mapping[str, Any]) -> None:
         valid_raw = conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments"))
         if valid_raw is None:
-            valid_raw = []
+            # Without the list every attachment would look stale: refuse rather than delete all pods.
+            raise InvalidInput(
+                "cni.dev/valid-attachments", None,
+                "the list of still-valid attachments (an empty list means none is valid); GC removes nothing without it",
+            )
         if not isinstance(valid_raw, list):
             raise InvalidInput("cni.dev/valid-attachments", valid_raw, "a list of {containerID, ifname} objects")
         valid: set[tuple[str, str]] = set()

@@ -36,6 +36,7 @@ terway_release = base.terway_release
 terway_teardown_link = base.terway_teardown_link
 terway_check_link = base.terway_check_link
 terway_gc = base.terway_gc
+terway_repair = base.terway_repair
 
 
 @hookimpl

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,48 @@ def test_graceful_shutdown_drains_in_flight_requests(make_agent, make_pod_ns) ->
     # what the drained ADD made is in the store for the next agent
     a.start()
     assert [x["container_id"] for x in a.attachments()] == ["drain1"]
+
+
+def _http_at(agent: Agent, addr: str, path: str) -> tuple[int, str]:
+    code = f"""
+import urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen('http://{addr}{path}', timeout=5)
+    print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+except OSError as e:
+    print(0); print(e)
+"""
+    out = ns_run(agent.node_ns, "python3", "-c", code).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_healthz_answers_during_a_slow_start_while_readyz_says_not_ready(make_agent) -> None:
+    """A liveness probe must not kill an agent that is still starting (Kubernetes,
+    cloud and resync can take a while); readiness waits until it serves."""
+    a = make_agent(inline="slow_example", env={"TW_SLOW_START": "3"}, debug_listen="127.0.0.1:16061")
+    a.start(wait=False)
+    wait_for(lambda: _http_at(a, "127.0.0.1:16061", "/healthz")[0] == 200, what="/healthz during start-up")
+    assert not a.accepts(), "the CNI socket must not serve yet"
+    status, body = _http_at(a, "127.0.0.1:16061", "/readyz")
+    assert (status, body.strip()) == (503, "not serving yet")
+    a.wait_serving()
+    wait_for(lambda: _http_at(a, "127.0.0.1:16061", "/readyz")[0] == 200, what="/readyz once serving")
+
+
+def test_a_foreign_conflist_of_the_same_name_is_kept_before_being_replaced(make_agent) -> None:
+    a = make_agent()
+    a.conflist.parent.mkdir(parents=True)
+    foreign = '{"cniVersion": "0.4.0", "name": "terway", "plugins": [{"type": "terway-go"}]}'
+    a.conflist.write_text(foreign)
+    a.start()
+    wait_for(lambda: json.loads(a.conflist.read_text())["plugins"][0]["type"] == "terway", what="our conflist")
+    backup_dir = Path(a.settings["state_dir"]) / "replaced-cni-conf"
+    assert [b.read_text() for b in backup_dir.iterdir()] == [foreign]
+    assert "cni.conflist.foreign_replaced" in a.log()
+    # what we wrote ourselves is not backed up again on the next start
+    assert a.stop() == 0
+    a.start()
+    assert len(list(backup_dir.iterdir())) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -159,6 +160,30 @@ def test_status_when_agent_is_down_is_50(make_agent) -> None:
     assert "not running" in r.out["msg"]
 
 
+
+def test_status_is_51_while_repair_cannot_restore_a_live_pod(make_agent, make_pod_ns) -> None:
+    """A pod whose network namespace was torn down under its bind mount (the
+    file stays, the namespace and its veth are gone): repair cannot re-create
+    its datapath, so STATUS says existing pods may have limited connectivity."""
+    a = make_agent(repair_interval=1.0)
+    a.start()
+    ns = make_pod_ns()
+    assert a.cni("ADD", "rep51", netns_path=ns, pod=("default", "rep51")).rc == 0
+    assert a.cni("STATUS", conf=a.conf("1.1.0")).rc == 0
+    subprocess.run(["umount", ns], check=True)  # the handle file remains; the namespace is destroyed
+    deadline = time.monotonic() + 10
+    while (r := a.cni("STATUS", conf=a.conf("1.1.0"))).rc == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert r.rc == 1 and r.code == 51, r.stdout
+    assert "default/rep51" in r.out["msg"] and "limited connectivity" in r.out["msg"]
+    # the runtime deletes the pod: nothing is left to repair and the node is available again
+    assert a.cni("DEL", "rep51", netns_path=ns).rc == 0
+    deadline = time.monotonic() + 10
+    while (r := a.cni("STATUS", conf=a.conf("1.1.0"))).rc != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert r.rc == 0, r.stdout
+
+
 def test_gc_removes_attachments_not_listed(agent: Agent, make_pod_ns) -> None:
     pods = [(f"gc{i}", make_pod_ns()) for i in range(3)]
     for cid, ns in pods:
@@ -186,6 +211,17 @@ def test_gc_rejects_malformed_attachment_list(agent: Agent) -> None:
     r = agent.cni("GC", conf=agent.conf("1.1.0", **{"cni.dev/valid-attachments": [{"containerID": 5}]}))
     assert r.rc == 1 and r.code == 7
     assert "cni.dev/valid-attachments[0]" in r.out["msg"]
+
+
+
+def test_gc_without_an_attachment_list_removes_nothing_and_says_why(agent: Agent, make_pod_ns) -> None:
+    ns = make_pod_ns()
+    assert agent.cni("ADD", "gckeep", netns_path=ns, pod=("default", "gckeep")).rc == 0
+    r = agent.cni("GC", conf=agent.conf("1.1.0"))
+    assert r.rc == 1 and r.code == 7
+    assert "cni.dev/valid-attachments" in r.out["msg"]
+    assert [a["container_id"] for a in agent.attachments()] == ["gckeep"]
+    assert pod_addr(ns), "the pod's interface must survive a GC that named no attachments"
 
 
 # -- chaining ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_hook_is_documented_with_its_signature(name: str) -> None:
     assert kind in body, f"{heading}: the section must say {kind!r}"
     role = "Mode hook" if name in hookspecs.MODE_HOOKS else "Shared hook"
     assert role in body, f"{heading}: the section must say {role!r}"
-    for must in ("**When:**", "**Returns**", "Cancellation", "dempotency"):
+    for must in ("**When:**", "**Task:**", "**Returns**", "None", "Cancellation", "dempotency"):
         assert must in body, f"{heading}: the section lacks {must!r}"
 
 

@@ -15,7 +15,7 @@ from terway_agent._hosting import (
     describe_installed,
     installed,
 )
-from terway_agent.errors import ModeNotImplemented
+from terway_agent.errors import FeatureNotSupported, ModeNotImplemented
 from terway_agent.plugin import (
     Allocation,
     IPAssignment,
@@ -284,3 +284,16 @@ def test_all_modes_and_the_example_are_installed_and_describable() -> None:
     assert "terway_allocate" in rows["example"]["hooks"]
     assert rows["exclusive_eni"]["exclusivity"] == "exclusive"
     assert rows["shared_eni"]["pod_limit"] == "(EniQuantity - 1) x EniPrivateIpAddressQuantity"
+
+
+async def test_policies_without_an_enforcing_plugin_are_refused_not_ignored() -> None:
+    host = PluginHost()
+    host.register_mode(FullMode(), "inline")  # implements no terway_policy
+    ctx = SimpleNamespace()
+    alloc = Allocation(kind="local", ipv4=IPAssignment("10.0.0.2", 32))
+    await host.policy(ctx, PodRef("ns", "p"), alloc, [])  # nothing to enforce: fine
+    with pytest.raises(FeatureNotSupported) as err:
+        await host.policy(ctx, PodRef("ns", "p"), alloc, [{"podSelector": {}}])
+    assert err.value.cni_code == 104
+    assert "ns/p" in err.value.message and "1 network policy" in err.value.message
+    assert "inline" in err.value.message

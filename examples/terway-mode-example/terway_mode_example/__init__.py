@@ -28,6 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from terway_agent import datapath as dp
+from terway_agent.datapath import netns
 from terway_agent.plugin import (
     CNIIP,
     Allocation,
@@ -42,6 +43,7 @@ from terway_agent.plugin import (
     ModeContext,
     ModeInfo,
     PodRequest,
+    RepairReport,
     hookimpl,
 )
 
@@ -190,3 +192,24 @@ async def terway_gc(ctx: ModeContext, live: Sequence[Attachment]) -> list[str]:
         except DatapathError as exc:
             errors.append(str(exc))
     return errors
+
+
+@hookimpl
+async def terway_repair(ctx: ModeContext, live: Sequence[Attachment]) -> RepairReport:
+    """Re-apply the stored plan of every live pod whose netns is still there:
+    only missing or changed objects are touched.  A pod whose plan cannot be
+    applied is reported as failed (the agent's STATUS answers 51 meanwhile)."""
+    repaired: list[str] = []
+    failed: list[str] = []
+    checked = 0
+    for att in live:
+        if att.link is None or "plan" not in att.link.state or not att.netns or not netns.exists(att.netns):
+            continue
+        checked += 1
+        try:
+            report = await dp.apply_async(dp.Plan.from_json(att.link.state["plan"]), limiter=ctx.netlink_limiter)
+        except Exception as exc:  # reported, not swallowed: the core logs it and answers STATUS 51
+            failed.append(f"{att.pod.key or att.container_id}: {exc}")
+            continue
+        repaired += [f"{att.pod.key}: {o.describe()}" for o in (*report.created, *report.changed)]
+    return RepairReport(checked=checked, repaired=tuple(repaired), failed=tuple(failed))
