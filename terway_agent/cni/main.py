@@ -95,7 +95,7 @@ def validate_env(command: str, env: dict[str, str]) -> dict[str, str]:
     picked: dict[str, str] = {}
     for var in _REQUIRED_ENV[command]:
         value = env.get(var)
-        if value is None or (value == "" and var != "CNI_PATH"):
+        if value is None or value == "":  # as libcni's skel: empty is missing
             raise CNIError(4, f"{var} is not set; {command} requires {', '.join(_REQUIRED_ENV[command])}")
         picked[var] = value
     for var in ("CNI_NETNS", "CNI_ARGS", "CNI_CONTAINERID", "CNI_IFNAME"):
@@ -149,11 +149,19 @@ def check_version(command: str, conf: dict[str, Any]) -> str:
     return version
 
 
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
 class _Log:
-    def __init__(self, path: str) -> None:
+    """JSON lines to ``path`` (at ``level`` and above) and errors to stderr; never stdout."""
+
+    def __init__(self, path: str, level: str = "info") -> None:
         self.path = path
+        self.level = _LEVELS.get(level, 20)
 
     def write(self, level: str, event: str, **data: Any) -> None:
+        if level != "error" and _LEVELS[level] < self.level:
+            return
         line = protocol.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
                                "event": event, **data})
         if level == "error":
@@ -188,7 +196,7 @@ def _fail(err: CNIError, version: str, log: _Log, **ctx: Any) -> NoReturn:
 
 
 def run(env: dict[str, str], stdin: bytes) -> None:
-    log = _Log(env.get("TERWAY_CNI_LOG", ""))
+    log = _Log(env.get("TERWAY_CNI_LOG", ""), env.get("TERWAY_CNI_LOG_LEVEL", "info"))
     command = env.get("CNI_COMMAND", "")
     version = LATEST
     try:
@@ -202,6 +210,8 @@ def run(env: dict[str, str], stdin: bytes) -> None:
         conf = read_config(command, stdin)
         if isinstance(conf.get("log_file"), str) and conf["log_file"] and not log.path:
             log.path = conf["log_file"]
+        if isinstance(conf.get("log_level"), str) and conf["log_level"] in _LEVELS and "TERWAY_CNI_LOG_LEVEL" not in env:
+            log.level = _LEVELS[conf["log_level"]]
         if command == "VERSION":
             asked = conf.get("cniVersion") if isinstance(conf.get("cniVersion"), str) else LATEST
             _emit({"cniVersion": asked or LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)})

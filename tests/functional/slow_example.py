@@ -1,7 +1,8 @@
 """The example mode with delays and an exclusivity chosen by environment
 variables, so tests can kill the agent in the middle of a step.
 
-TW_SLOW_ALLOCATE / TW_SLOW_SETUP / TW_SLOW_START: seconds to sleep inside the hook.
+TW_SLOW_ALLOCATE / TW_SLOW_SETUP / TW_SLOW_START / TW_SLOW_TEARDOWN / TW_SLOW_RELEASE:
+seconds to sleep inside the hook (teardown and release sleep before doing their work).
 TW_EXCLUSIVITY: "shared" (default) or "exclusive".
 TW_MODE_NAME: the mode name (default "example").
 """
@@ -32,8 +33,6 @@ def terway_mode_info():
 
 
 terway_validate_config = base.terway_validate_config
-terway_release = base.terway_release
-terway_teardown_link = base.terway_teardown_link
 terway_check_link = base.terway_check_link
 terway_gc = base.terway_gc
 terway_repair = base.terway_repair
@@ -55,3 +54,15 @@ async def terway_allocate(ctx, request):
 async def terway_setup_link(ctx, request, allocation):
     await trio.sleep(_delay("TW_SLOW_SETUP"))
     return await base.terway_setup_link(ctx, request, allocation)
+
+
+@hookimpl
+async def terway_teardown_link(ctx, request, allocation, link):
+    await trio.sleep(_delay("TW_SLOW_TEARDOWN"))
+    await base.terway_teardown_link(ctx, request, allocation, link)
+
+
+@hookimpl
+async def terway_release(ctx, request, allocation):
+    await trio.sleep(_delay("TW_SLOW_RELEASE"))
+    await base.terway_release(ctx, request, allocation)

@@ -267,6 +267,7 @@ def test_debian_tuning_plugin_chains_after_terway(agent: Agent, make_pod_ns) -> 
         ("ADD", ("CNI_IFNAME",), {}, "CNI_IFNAME"),
         ("DEL", ("CNI_CONTAINERID",), {}, "CNI_CONTAINERID"),
         ("ADD", ("CNI_PATH",), {}, "CNI_PATH"),
+        ("ADD", (), {"CNI_PATH": ""}, "CNI_PATH"),
         ("ADD", (), {"CNI_CONTAINERID": "-bad id"}, "CNI_CONTAINERID"),
         ("ADD", (), {"CNI_IFNAME": "a-very-long-interface-name"}, "CNI_IFNAME"),
         ("ADD", (), {"CNI_IFNAME": "eth/0"}, "CNI_IFNAME"),
@@ -371,3 +372,27 @@ def test_standalone_executable_for_the_hosts_python(agent: Agent, make_pod_ns, t
     p = subprocess.run([path], input=conf, env=dict(env, CNI_COMMAND="DEL"), capture_output=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert agent.attachments() == []
+
+
+# -- the executable's own log -------------------------------------------------------------
+
+
+def test_executable_logs_to_its_file_and_stderr_never_stdout(agent: Agent, make_pod_ns, tmp_path) -> None:
+    log = tmp_path / "cni.log"
+    ns = make_pod_ns()
+    r = agent.cni("ADD", "logok1", netns_path=ns, pod=("default", "l"), conf=agent.conf(log_file=str(log)))
+    assert r.rc == 0 and r.stderr == ""
+    assert json.loads(r.stdout)["ips"], "stdout carries exactly the CNI result"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(x["level"], x["event"], x["command"], x["container"]) for x in lines] == [
+        ("info", "cni.done", "ADD", "logok1")]
+    # an error: the result on stdout, the log line on stderr and in the file
+    r = agent.cni("ADD", "logbad1", netns_path=ns, conf=agent.conf(log_file=str(log)), env={"CNI_IFNAME": "eth/0"})
+    assert r.rc == 1 and json.loads(r.stdout)["code"] == 4
+    err = json.loads(r.stderr)
+    assert (err["level"], err["event"], err["code"]) == ("error", "cni.failed", 4)
+    assert json.loads(log.read_text().splitlines()[-1]) == err
+    # log_level from the network config filters the file (errors still go to stderr)
+    quiet = tmp_path / "quiet.log"
+    r = agent.cni("DEL", "logok1", netns_path=ns, conf=agent.conf(log_file=str(quiet), log_level="error"))
+    assert r.rc == 0 and r.stdout == "" and not quiet.exists()

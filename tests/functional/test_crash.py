@@ -154,3 +154,61 @@ def test_random_kills_under_concurrent_adds_keep_every_invariant(make_agent, mak
     assert a.attachments() == []
     assert all(lease["owner"] is None for lease in a.leases())
     assert host_links(a) == []
+
+
+def background(agent: Agent, out: dict[str, Any], key: str, *args: Any, **kw: Any) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.__setitem__(key, agent.cni(*args, **kw)))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("step", ["TW_SLOW_TEARDOWN", "TW_SLOW_RELEASE"])
+def test_kill_during_del_then_repeated_del_finishes_it(make_agent, make_pod_ns, step: str) -> None:
+    a = make_agent(inline="slow_example", env={step: "3"})
+    a.start()
+    keep_ns, ns = make_pod_ns(), make_pod_ns()
+    assert a.cni("ADD", "stay1", netns_path=keep_ns, pod=("default", "stay1")).rc == 0
+    assert a.cni("ADD", "gone1", netns_path=ns, pod=("default", "gone1")).rc == 0
+    out: dict[str, Any] = {}
+    t = background(a, out, "del", "DEL", "gone1", netns_path=ns)
+    time.sleep(1.0)
+    a.kill9()
+    t.join()
+    assert out["del"].rc == 1 and out["del"].code == 11, out["del"].stdout
+    a.env[step] = "0"
+    a.start()
+    assert_consistent(a)
+    # whatever the restart finished, the runtime's repeated DEL completes it and frees the address
+    assert a.cni("DEL", "gone1", netns_path=ns).rc == 0
+    atts = a.attachments()
+    assert [(x["container_id"], x["state"]) for x in atts] == [("stay1", "ready")]
+    assert [lease["owner"] for lease in a.leases() if lease["owner"]] == ["stay1/eth0"]
+    from terway_mode_example import host_ifname
+
+    assert host_links(a) == [host_ifname("stay1", "eth0")]
+    assert_consistent(a)
+
+
+def test_kill_during_gc_then_gc_again_finishes_it(make_agent, make_pod_ns) -> None:
+    a = make_agent(inline="slow_example", env={"TW_SLOW_RELEASE": "3"})
+    a.start()
+    pods = {f"gck{i}": make_pod_ns() for i in range(3)}
+    for cid, ns in pods.items():
+        assert a.cni("ADD", cid, netns_path=ns, pod=("default", cid)).rc == 0
+    valid = {"cni.dev/valid-attachments": [{"containerID": "gck0", "ifname": "eth0"}]}
+    out: dict[str, Any] = {}
+    t = background(a, out, "gc", "GC", conf=a.conf("1.1.0", **valid))
+    time.sleep(1.0)
+    a.kill9()
+    t.join()
+    assert out["gc"].rc == 1
+    a.env["TW_SLOW_RELEASE"] = "0"
+    a.start()
+    assert_consistent(a)
+    assert a.cni("GC", conf=a.conf("1.1.0", **valid)).rc == 0
+    assert [x["container_id"] for x in a.attachments()] == ["gck0"]
+    assert [lease["owner"] for lease in a.leases() if lease["owner"]] == ["gck0/eth0"]
+    from terway_mode_example import host_ifname
+
+    assert host_links(a) == [host_ifname("gck0", "eth0")]
+    assert_consistent(a)
