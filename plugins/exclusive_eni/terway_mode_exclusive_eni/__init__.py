@@ -6,8 +6,11 @@ docs/modes/exclusive_eni.md.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from terway_agent import datapath as dp
@@ -27,6 +30,7 @@ from terway_agent.plugin import (
     ModeContext,
     ModeInfo,
     NotFound,
+    PermanentError,
     PodRef,
     PodRequest,
     RepairReport,
@@ -38,6 +42,31 @@ from terway_mode_exclusive_eni import _plan
 __version__ = "0.1.0"
 MODE = "exclusive_eni"
 log = get_logger(__name__)
+
+#: TEST-ONLY crash hook.  ``TERWAY_TEST_CRASH_AT=<step>`` in the agent's
+#: environment makes the agent process die with ``os._exit(137)`` (what kill -9
+#: looks like to its supervisor) when an exclusive ADD or DEL reaches
+#: ``<step>``, so tests/exclusive_eni can crash the agent deterministically at
+#: each step of the move and check what the restarted agent does.  Never set it
+#: in production; an unknown step stops the agent at start (a typo must not
+#: make a crash test pass without crashing).
+CRASH_ENV = "TERWAY_TEST_CRASH_AT"
+#: The steps, in the order an ADD and then a DEL reach them.
+CRASH_STEPS = (
+    "home_stored",  # ADD: the ENI's node-side name is in the store, the NIC not touched yet
+    *_plan.STAGES,  # ADD: nic_moved, nic_addressed, host_peer_created (each stage applied)
+    "before_commit",  # ADD: the datapath is complete, the attachment not yet committed ready
+    "del_nic_home",  # DEL: the NIC is back on the node, the ENI not yet released
+)
+
+
+def _crash_point(step: str) -> None:
+    """Die here if the test-only :data:`CRASH_ENV` names ``step``."""
+    if os.environ.get(CRASH_ENV) == step:
+        log.critical("exclusive_eni.test_crash.exiting", step=step)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(137)
 
 
 def _pod_limit(q: InstanceLimits) -> int:
@@ -87,42 +116,52 @@ async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allo
         await ctx.store.acall(ctx.store.kv_put, MODE, lost_key, None)
 
 
-def _locate(mac: str, pod_netns: str) -> str | None:
-    """The ENI's name in the node namespace, or None when it is already inside the pod.
+def _locate(mac: str, pod_netns: str) -> tuple[str | None, int | None]:
+    """The ENI's name in the node namespace (None when it is already inside the
+    pod) and its current MTU.
 
     Waits for a hot-plugged ENI to appear in the node namespace, but first
     looks in the pod (a retried ADD after a crash finds it there at once)."""
     if pod_netns and netns.exists(pod_netns):
         try:
-            dp.find_link_by_mac(mac, pod_netns, timeout=0)
-            return None
-        except Exception:
+            return None, dp.find_link_by_mac(mac, pod_netns, timeout=0).mtu
+        except (NotFound, DatapathError):  # not in the pod, or the namespace went meanwhile
             pass
-    return dp.find_link_by_mac(mac, timeout=10.0).name
+    link = dp.find_link_by_mac(mac, timeout=10.0)
+    return link.name, link.mtu
 
 
-async def _home_name(ctx: ModeContext, mac: str, pod_netns: str) -> str:
-    """The ENI's name on the node, remembered in the store before the NIC moves
-    so that a crash at any step can still return it under that name."""
+async def _home_name(ctx: ModeContext, mac: str, pod_netns: str) -> tuple[str, int | None]:
+    """The ENI's name on the node and its current MTU.
+
+    The name is remembered in the store the first time the NIC is seen on the
+    node, before it ever moves, and never overwritten afterwards: a NIC that
+    comes back under another name (a physical NIC returned by a deleted netns
+    under a kernel-chosen name, a half-done rename) still goes home under its
+    original name."""
     key = f"home/{mac}"
     remembered = await ctx.store.acall(ctx.store.kv_get, MODE, key)
-    found = await ctx.run_sync(_locate, mac, pod_netns)
-    if found is not None and found != remembered:
-        await ctx.store.acall(ctx.store.kv_put, MODE, key, found)
-        return found
+    found, mtu = await ctx.run_sync(_locate, mac, pod_netns)
     if remembered:
-        return remembered
+        if found is not None and found != remembered:
+            log.info("exclusive_eni.home_name.kept", mac=mac, remembered=remembered, current=found)
+        return remembered, mtu
+    if found is not None:
+        await ctx.store.acall(ctx.store.kv_put, MODE, key, found)
+        return found, mtu
     # In the pod already and never recorded (state from another agent version): a stable name.
-    return "eni" + mac.replace(":", "")[-10:]
+    return "eni" + mac.replace(":", "")[-10:], mtu
 
 
-async def _build(ctx: ModeContext, request: PodRequest, allocation: Allocation, home_name: str) -> dp.Plan:
+def _stages(
+    ctx: ModeContext, request: PodRequest, allocation: Allocation, home_name: str, eni_mtu: int | None
+) -> tuple[tuple[str, dp.Plan], ...]:
     netconf = ctx.config.netconf
     host_veth = _plan.host_veth_name(request.pod.namespace, request.pod.name)
     peer = [*allocation.service_cidrs, *netconf.host_stack_cidrs]
     if ctx.node.primary_ip:
         peer.append(f"{ctx.node.primary_ip}/32")
-    return _plan.pod_plan(
+    return _plan.pod_stages(
         pod_netns=request.netns,
         ifname=request.ifname,
         eni_mac=allocation.mac,
@@ -133,6 +172,7 @@ async def _build(ctx: ModeContext, request: PodRequest, allocation: Allocation, 
         ip6=allocation.ipv6.address if allocation.ipv6 else None,
         gateway6=allocation.ipv6.gateway if allocation.ipv6 else None,
         mtu=None if netconf.auto_mtu else netconf.mtu,
+        eni_mtu=eni_mtu or 1500,
         host_peer=not netconf.disable_host_peer,
         host_veth=host_veth,
         peer_cidrs=peer,
@@ -141,16 +181,37 @@ async def _build(ctx: ModeContext, request: PodRequest, allocation: Allocation, 
     )
 
 
+def _whole(stages: tuple[tuple[str, dp.Plan], ...]) -> dp.Plan:
+    plan = dp.Plan()
+    for _, part in stages:
+        plan = plan + part
+    return plan
+
+
+async def _build(
+    ctx: ModeContext, request: PodRequest, allocation: Allocation, home_name: str, eni_mtu: int | None
+) -> dp.Plan:
+    return _whole(_stages(ctx, request, allocation, home_name, eni_mtu))
+
+
 @hookimpl
 async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> LinkResult:
-    home = await _home_name(ctx, allocation.mac, request.netns)
-    plan = await _build(ctx, request, allocation, home)
+    home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns)
+    _crash_point("home_stored")
+    stages = _stages(ctx, request, allocation, home, eni_mtu)
+    plan = _whole(stages)
     global _masquerade_ensured
     if not ctx.config.netconf.disable_host_peer and not _masquerade_ensured:
         await ctx.run_sync(ensure_masquerade)  # once per agent; the repair pass re-checks it
         _masquerade_ensured = True
     try:
-        await dp.apply_async(plan, limiter=ctx.netlink_limiter)
+        # One stage at a time (the NIC moved in, configured, the host peer): each
+        # is a real intermediate state a crash can leave, which DEL, a retried
+        # ADD and the start-up roll-back (terway_start) all undo by MAC.
+        for step, part in stages:
+            if part.objects:
+                await dp.apply_async(part, limiter=ctx.netlink_limiter)
+            _crash_point(step)
     except BaseException:
         # Give the NIC back to the node before the error is answered.
         await dp.remove_async(plan, limiter=ctx.netlink_limiter)
@@ -164,6 +225,7 @@ async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: A
     if allocation.ipv6:
         ips.append(CNIIP(address=f"{allocation.ipv6.address}/128", gateway=allocation.ipv6.gateway, interface=0))
         routes.append(CNIRoute(dst="::/0", gw=allocation.ipv6.gateway))
+    _crash_point("before_commit")
     return LinkResult(
         interfaces=(CNIInterface(name=request.ifname, mac=allocation.mac, sandbox=request.netns,
                                  mtu=link.mtu if link else None),),
@@ -174,26 +236,79 @@ async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: A
 
 
 @hookimpl
+async def terway_start(ctx: ModeContext, nursery: Any) -> None:
+    if ctx.mode != MODE:
+        return
+    step = os.environ.get(CRASH_ENV)
+    if step:
+        if step not in CRASH_STEPS:
+            raise PermanentError(
+                f"{CRASH_ENV}={step!r} names no crash point of mode {MODE}: expected one of "
+                f"{', '.join(CRASH_STEPS)} (a test-only setting; unset it in production)"
+            )
+        log.warning("exclusive_eni.test_crash.armed", step=step)
+    await _roll_back_half_made(ctx)
+
+
+async def _roll_back_half_made(ctx: ModeContext) -> None:
+    """At start: give back the NIC of every attachment the agent died setting up.
+
+    An attachment still ``allocated`` (never committed ``ready``) may have its
+    NIC anywhere between the node and the pod, half configured.  Its datapath
+    is undone now -- the NIC back on the node under its original name, down; the
+    host veth and route gone -- so no NIC is stranded in a namespace whatever
+    the runtime does next.  The ENI stays the attachment's (the store and the
+    pool agree) until the runtime's DEL, a retried ADD or GC releases it."""
+    atts = await ctx.store.acall(ctx.store.attachments)
+    for att in atts:
+        if att.mode != MODE or att.state != "allocated" or att.allocation is None or att.link is not None:
+            continue
+        request = _request_of(att)
+        try:
+            await terway_teardown_link(ctx, request, att.allocation, None)
+        except Exception as exc:  # the next DEL/GC retries; the agent must still start
+            log.error("exclusive_eni.rollback.failed", container=att.container_id, error=repr(exc))
+            continue
+        log.warning("exclusive_eni.rollback.done", container=att.container_id, eni=att.allocation.eni_id,
+                    mac=att.allocation.mac)
+
+
+def _request_of(att: Attachment) -> PodRequest:
+    """The stored ADD request of ``att`` (what teardown needs: pod, netns, owner)."""
+    try:
+        base = PodRequest.from_dict(dict(att.request))
+    except (KeyError, TypeError, ValueError):
+        return PodRequest(verb="GC", container_id=att.container_id, ifname=att.ifname, netns=att.netns,
+                          pod=att.pod, network=att.network)
+    return replace(base, verb="GC", netns=att.netns or base.netns)
+
+
+@hookimpl
 async def terway_teardown_link(
     ctx: ModeContext, request: PodRequest, allocation: Allocation, link: LinkResult | None
 ) -> None:
+    home: str | None = None
     if link is not None and "plan" in link.state:
         plan = dp.Plan.from_json(link.state["plan"])
+        home = link.state.get("home_name")
     else:
         # The agent died before recording the link: the NIC may be anywhere; find it by MAC.
         try:
-            home = await _home_name(ctx, allocation.mac, request.netns)
+            home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns)
         except NotFound as exc:
             await _mark_lost(ctx, request, allocation, str(exc))
             return
-        plan = await _build(ctx, request, allocation, home)
+        plan = await _build(ctx, request, allocation, home, eni_mtu)
     # remove() moves the NIC back to the node under its original name, down,
     # wherever it is (also when the pod's netns is already gone: the kernel
     # returns a physical NIC to the initial namespace, where we find it by MAC).
     await dp.remove_async(plan, limiter=ctx.netlink_limiter)
-    await ctx.run_sync(_restore_name_after_netns_gone, allocation.mac, link.state.get("home_name") if link else None)
+    await ctx.run_sync(_restore_name_after_netns_gone, allocation.mac, home)
     if not await ctx.run_sync(_on_node, allocation.mac):
         await _mark_lost(ctx, request, allocation, "the NIC did not come back to the node")
+        return
+    if request.verb == "DEL":
+        _crash_point("del_nic_home")
 
 
 def _on_node(mac: str) -> bool:
@@ -238,7 +353,13 @@ async def terway_check_link(
     if "plan" not in link.state:
         return ["no stored datapath plan for this attachment"]
     plan = dp.Plan.from_json(link.state["plan"])
-    return [p.description for p in await dp.check_async(plan, limiter=ctx.netlink_limiter)]
+    problems = [p.description for p in await dp.check_async(plan, limiter=ctx.netlink_limiter)]
+    if any(isinstance(o, dp.Veth) for o in plan.objects):
+        # the host peer's traffic needs the node's masquerade (repair restores it)
+        why = await ctx.run_sync(masquerade_problem)
+        if why is not None:
+            problems.append(why)
+    return problems
 
 
 @hookimpl
@@ -268,7 +389,12 @@ async def terway_repair(ctx: ModeContext, live: Sequence[Attachment]) -> RepairR
             continue
         checked += 1
         try:
-            report = await dp.apply_async(dp.Plan.from_json(att.link.state["plan"]), limiter=ctx.netlink_limiter)
+            # link_timeout=0: repair runs with every ADD/DEL held at the gate
+            # (service.exclusive()); a NIC that is not there is reported at
+            # once, never waited for as a hot-plug would be.
+            report = await dp.apply_async(
+                dp.Plan.from_json(att.link.state["plan"]), limiter=ctx.netlink_limiter, link_timeout=0
+            )
         except Exception as exc:
             failed.append(f"{att.pod.key}: {exc}")
             continue
@@ -286,12 +412,24 @@ async def terway_status(ctx: ModeContext) -> Status:
 _masquerade_ensured = False
 
 
-def ensure_masquerade() -> bool:
-    """Converge the nftables masquerade table; True when it had to be (re)written."""
+def masquerade_problem() -> str | None:
+    """What is wrong with the node's nftables masquerade (``nft list table``
+    compared with the table as :func:`ensure_masquerade` writes it), or None."""
     current = subprocess.run(
         ["nft", "list", "table", "inet", _plan.NFT_TABLE], capture_output=True, text=True, timeout=10
     )
-    if current.returncode == 0 and _normalise(current.stdout) == _normalise(_plan.MASQUERADE_RULESET):
+    if current.returncode != 0:
+        return (f"nftables table inet {_plan.NFT_TABLE} (masquerade of host-peer traffic): missing: "
+                f"{current.stderr.strip() or 'nft exited ' + str(current.returncode)}")
+    if _normalise(current.stdout) != _normalise(_plan.MASQUERADE_RULESET):
+        return (f"nftables table inet {_plan.NFT_TABLE} (masquerade of host-peer traffic): different: "
+                f"{_normalise(current.stdout)!r}, expected {_normalise(_plan.MASQUERADE_RULESET)!r}")
+    return None
+
+
+def ensure_masquerade() -> bool:
+    """Converge the nftables masquerade table; True when it had to be (re)written."""
+    if masquerade_problem() is None:
         return False
     script = f"table inet {_plan.NFT_TABLE}\nflush table inet {_plan.NFT_TABLE}\n{_plan.MASQUERADE_RULESET}"
     done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10)

@@ -1,20 +1,25 @@
 """The exclusive-ENI datapath as data (pure functions).
 
-Kernel objects (terway-facts.md, "Exclusive ENI"; docs/modes/exclusive_eni.md):
+Kernel objects (terway-facts.md, "Exclusive ENI"; docs/modes/exclusive_eni.md),
+built in :data:`STAGES` that are applied one after the other:
 
-pod namespace
-    the ENI's own NIC, found by MAC, taken down, moved in and renamed
-    ``<ifname>``: the ENI's primary IP with the vSwitch prefix, ``default via
-    <vSwitch gateway> dev <ifname> onlink`` (IPv6: its address /128 nodad and
-    ``default via <IPv6 gateway>``), egress TBF on it; unless
-    ``disable_host_peer``: ``veth1`` (peer of the host's ``cali...``) with
-    routes for the Service CIDRs, the node's IP and ``host_stack_cidrs`` via
-    169.254.1.1 onlink and a PERMANENT neighbour 169.254.1.1 -> the host veth.
-node namespace
-    host veth ``cali`` + 11 hex of sha1(``namespace.name``) with ``<podIP>/32
-    dev cali... scope link`` back to the pod; an nftables masquerade for pod
-    traffic that entered through a ``cali`` veth and leaves through the node
-    (Service backends elsewhere reply to the node, not straight to the pod's ENI).
+``nic_moved``
+    the ENI's own NIC, found by MAC, taken down, moved into the pod and
+    renamed ``<ifname>`` in one step (MTU set unless ``auto_mtu``).
+``nic_addressed``
+    ``lo`` and ``<ifname>`` up; in the pod ``all/rp_filter=0`` and
+    ``<ifname>/rp_filter=0``; the ENI's primary IP with the vSwitch prefix,
+    ``default via <vSwitch gateway> dev <ifname> onlink``; IPv6:
+    ``accept_ra=0``, its address /128 nodad and ``default via <IPv6
+    gateway>``; an egress TBF on it (burst from the ENI's real MTU).
+``host_peer_created`` (unless ``disable_host_peer``)
+    host veth ``cali`` + 11 hex of sha1(``namespace.name``) up, peer ``veth1``
+    in the pod up with ``rp_filter=0``, a PERMANENT neighbour 169.254.1.1 ->
+    the host veth, routes for the Service CIDRs, the node's IP and
+    ``host_stack_cidrs`` via 169.254.1.1 onlink; on the node ``<podIP>/32
+    dev cali... scope link``, ``forwarding=1`` and ``rp_filter=0`` for all,
+    default and the host veth, an ingress TBF on the host veth.  The nftables
+    masquerade (:data:`MASQUERADE_RULESET`) is node-wide, outside the plan.
 """
 
 from __future__ import annotations
@@ -38,7 +43,12 @@ def host_mac(host_veth: str) -> str:
     return dp.stable_mac(f"terway/{host_veth}")
 
 
-def pod_plan(
+#: The steps of the move, in order: the plan is applied one stage at a time
+#: (the crash points of the test-only ``TERWAY_TEST_CRASH_AT`` hook follow them).
+STAGES = ("nic_moved", "nic_addressed", "host_peer_created")
+
+
+def pod_stages(
     *,
     pod_netns: str,
     ifname: str,
@@ -50,53 +60,81 @@ def pod_plan(
     ip6: str | None,
     gateway6: str | None,
     mtu: int | None,
+    eni_mtu: int = 1500,
     host_peer: bool,
     host_veth: str,
     peer_cidrs: list[str],
     egress_bps: int = 0,
     ingress_bps: int = 0,
-) -> dp.Plan:
-    objs: list[dp.PlanObject] = [
+) -> tuple[tuple[str, dp.Plan], ...]:
+    """The pod's datapath as :data:`STAGES`: the NIC moved in and renamed; the
+    NIC configured (state, sysctls, addresses, routes, egress TBF); the host peer
+    and the node's side.  ``mtu`` is the MTU to set (``None``: keep the ENI's,
+    ``auto_mtu``); ``eni_mtu`` the MTU the ENI ends up with, for the TBF bursts."""
+    real_mtu = mtu or eni_mtu
+    move: list[dp.PlanObject] = [
         dp.MovedLink(mac=eni_mac, name=ifname, netns=pod_netns, home_name=eni_home_name, mtu=mtu),
+    ]
+    eni: list[dp.PlanObject] = [
         dp.LinkState(name="lo", netns=pod_netns),
         dp.LinkState(name=ifname, netns=pod_netns),
     ]
     if ip4:
         prefix = ipaddress.ip_network(cidr4).prefixlen if cidr4 else 32
-        objs.append(dp.Address(dev=ifname, address=f"{ip4}/{prefix}", netns=pod_netns))
+        eni += [
+            # terway-facts.md: rp_filter 0 for all and the link (the effective value is the maximum)
+            dp.Sysctl(path="net/ipv4/conf/all/rp_filter", value="0", netns=pod_netns),
+            dp.Sysctl(path=f"net/ipv4/conf/{ifname}/rp_filter", value="0", netns=pod_netns),
+            dp.Address(dev=ifname, address=f"{ip4}/{prefix}", netns=pod_netns),
+        ]
         if gateway4:
-            objs.append(dp.Route(dst="0.0.0.0/0", gateway=gateway4, dev=ifname, onlink=True, netns=pod_netns))
+            eni.append(dp.Route(dst="0.0.0.0/0", gateway=gateway4, dev=ifname, onlink=True, netns=pod_netns))
     if ip6:
-        objs += [
+        eni += [
             dp.Sysctl(path=f"net/ipv6/conf/{ifname}/accept_ra", value="0", netns=pod_netns),
             dp.Address(dev=ifname, address=f"{ip6}/128", netns=pod_netns, nodad=True),
         ]
         if gateway6:
-            objs.append(dp.Route(dst="::/0", gateway=gateway6, dev=ifname, onlink=True, netns=pod_netns))
+            eni.append(dp.Route(dst="::/0", gateway=gateway6, dev=ifname, onlink=True, netns=pod_netns))
+    if egress_bps:
+        eni.append(dp.Tbf.for_bandwidth(dev=ifname, netns=pod_netns, bits_per_s=egress_bps, mtu=real_mtu))
+    peer: list[dp.PlanObject] = []
     if host_peer and ip4:
         mac = host_mac(host_veth)
-        objs += [
-            dp.Veth(name=host_veth, peer_name=HOST_PEER_IFNAME, peer_netns=pod_netns, mtu=mtu, mac=mac),
+        peer += [
+            dp.Veth(name=host_veth, peer_name=HOST_PEER_IFNAME, peer_netns=pod_netns, mtu=real_mtu, mac=mac),
             dp.LinkState(name=host_veth),
             dp.LinkState(name=HOST_PEER_IFNAME, netns=pod_netns),
             dp.Neighbour(dev=HOST_PEER_IFNAME, ip=POD_GATEWAY4, lladdr=mac, netns=pod_netns),
             dp.Route(dst=f"{ip4}/32", dev=host_veth, scope="link"),
+            # node side, terway-facts.md: forwarding 1 and rp_filter 0 for all, default and the link
             dp.Sysctl(path="net/ipv4/conf/all/forwarding", value="1"),
+            dp.Sysctl(path="net/ipv4/conf/default/forwarding", value="1"),
+            dp.Sysctl(path="net/ipv4/conf/all/rp_filter", value="0"),
+            dp.Sysctl(path="net/ipv4/conf/default/rp_filter", value="0"),
+            dp.Sysctl(path=f"net/ipv4/conf/{host_veth}/forwarding", value="1"),
             dp.Sysctl(path=f"net/ipv4/conf/{host_veth}/rp_filter", value="0"),
             dp.Sysctl(path=f"net/ipv4/conf/{HOST_PEER_IFNAME}/rp_filter", value="0", netns=pod_netns),
         ]
         for cidr in sorted(set(peer_cidrs)):
             net = ipaddress.ip_network(cidr, strict=False)
             if net.version == 4:
-                objs.append(
+                peer.append(
                     dp.Route(dst=str(net), gateway=POD_GATEWAY4, dev=HOST_PEER_IFNAME, onlink=True, netns=pod_netns)
                 )
-    if egress_bps:
-        objs.append(dp.Tbf.for_bandwidth(dev=ifname, netns=pod_netns, bits_per_s=egress_bps, mtu=mtu or 1500))
-    if ingress_bps and host_peer:
-        # Only traffic through the host peer passes the node; shape what we can see.
-        objs.append(dp.Tbf.for_bandwidth(dev=host_veth, bits_per_s=ingress_bps, mtu=mtu or 1500))
-    return dp.Plan(tuple(objs))
+        if ingress_bps:
+            # Only traffic through the host peer passes the node; shape what we can see.
+            peer.append(dp.Tbf.for_bandwidth(dev=host_veth, bits_per_s=ingress_bps, mtu=real_mtu))
+    return tuple(zip(STAGES, (dp.Plan(tuple(move)), dp.Plan(tuple(eni)), dp.Plan(tuple(peer))), strict=True))
+
+
+def pod_plan(**kw: object) -> dp.Plan:
+    """The whole pod datapath (every stage of :func:`pod_stages`), as stored for
+    CHECK, repair and DEL."""
+    plan = dp.Plan()
+    for _, part in pod_stages(**kw):  # type: ignore[arg-type]
+        plan = plan + part
+    return plan
 
 
 MASQUERADE_RULESET = f"""table inet {NFT_TABLE} {{
