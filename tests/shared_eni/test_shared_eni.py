@@ -17,16 +17,11 @@ from cloudnodes import HOST_STACK_CIDR, SERVICE_CIDR, start_cluster
 from terway_agent.datapath import _probe as probe
 from terway_agent.datapath import netns
 
-from .conftest import pod_ip
+from .conftest import host_veth, jq, pod_ip, pod_objects, wait_for
 
 pytestmark = pytest.mark.netns
 
 POD_NETS = [ipaddress.ip_network("192.168.32.0/19"), ipaddress.ip_network("192.168.64.0/19")]
-
-
-def jq(ns: str, *cmd: str) -> list:
-    out = ns_run(ns, "ip", "-j", *cmd).stdout
-    return json.loads(out) if out.strip() else []
 
 
 def eni_of(node_ns: str, mac: str) -> dict:
@@ -34,15 +29,6 @@ def eni_of(node_ns: str, mac: str) -> dict:
         if link.get("address") == mac:
             return link
     raise AssertionError(f"no device with MAC {mac} in {node_ns}")
-
-
-def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_pod_gets_a_vpc_address_and_exactly_the_originals_kernel_objects(cluster, pods) -> None:
@@ -79,6 +65,12 @@ def test_pod_gets_a_vpc_address_and_exactly_the_originals_kernel_objects(cluster
     neigh = jq(ns, "neigh", "show", "169.254.1.1")[0]
     host_mac = jq(node.netns, "link", "show", host_veth)[0]["address"]
     assert neigh["lladdr"] == host_mac and "PERMANENT" in neigh["state"]
+
+    # sysctls (terway-facts.md, "Datapath"): forwarding on, rp_filter off for all, default and the links
+    for link in ("all", "default", eni["ifname"], host_veth):
+        for key, want in (("forwarding", "1"), ("rp_filter", "0")):
+            got = ns_run(node.netns, "sysctl", "-n", f"net.ipv4.conf.{link}.{key}").stdout.strip()
+            assert got == want, (link, key, got)
 
 
 def eni_mac(cluster, eni_id: str) -> str:
@@ -118,6 +110,12 @@ def test_pod_reaches_the_vswitch_gateway_its_node_and_the_other_node(cluster, po
     gw = str(list(ipaddress.ip_network(_vsw_cidr(ip)).hosts())[-2])
     for dst in (gw, n1.primary_ip, n2.primary_ip):
         probe.ping(netns.netns_path(ns), dst)
+    # TCP too; each end sees the pod's own address (no NAT on the way).  The
+    # vSwitch gateway answers in the emulator's VPC namespace.
+    for where, dst in ((netns.netns_path(cluster.vpc_netns), gw), (n1.netns_path, n1.primary_ip),
+                       (n2.netns_path, n2.primary_ip)):
+        with whoami_server(where, dst) as (host, port):
+            assert whoami(netns.netns_path(ns), host, port) == ip, dst
 
 
 def test_service_and_host_stack_cidrs_go_through_the_node(cluster, pods) -> None:
@@ -186,8 +184,29 @@ def test_bandwidth_is_shaped(cluster, pods, direction: str) -> None:
     assert 0.75 * limit <= rate <= 1.25 * limit, f"measured {rate / 1e6:.1f} Mbit/s for a {limit / 1e6:.0f} Mbit/s limit"
 
 
+def _settled_pod_objects(node, timeout: float = 15.0):
+    """The node's per-pod objects once only live attachments' veths are left
+    (earlier tests' DELs have their veths reaped right after the answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = {host_veth(*a["pod"].split("/", 1)) for a in node.agent.attachments()}
+        snap = pod_objects(node.netns)
+        if snap.veths <= live:
+            time.sleep(0.3)
+            if pod_objects(node.netns) == snap:
+                return snap
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the node's datapath did not settle: veths {sorted(snap.veths)}, live {sorted(live)}")
+        time.sleep(0.2)
+
+
 def test_kill_9_mid_add_then_del_leaves_nothing(cluster, pods) -> None:
+    """Also the interrupted ADDs: after DEL of every pod the node's prio 512/2048
+    rules, host routes and cali veths are exactly what they were before."""
     node = cluster.nodes[1]
+    _ns, live, _ = pods.add(node)  # a live pod (and the node-level rules) stay through it all
+    assert live.rc == 0, live.stdout
+    before = _settled_pod_objects(node)
     admin = cluster.emulator.admin()
     admin.set_latency("AssignPrivateIpAddresses", 2.0)
     admin.set_latency("CreateNetworkInterface", 2.0)
@@ -218,12 +237,12 @@ def test_kill_9_mid_add_then_del_leaves_nothing(cluster, pods) -> None:
         netns.remove(ns)
     mine = {cid for _, cid in made}
     assert not [a for a in node.agent.attachments() if a["container_id"] in mine]
-    hosts = {"cali" + hashlib.sha1(f"default.kill-{i}".encode()).hexdigest()[:11] for i in range(12)}
+    assert any(r.rc != 0 for r in results.values()), "some ADDs must have been interrupted"
     # traffic stops at DEL; the veths are reaped right after the answer
-    wait_for(lambda: not hosts & {link["ifname"] for link in jq(node.netns, "link", "show")}, what="veths reaped")
-    ok = [pod_ip(r) for r in results.values() if r.rc == 0]
-    rules = jq(node.netns, "rule", "show")
-    assert not [x for x in rules if x.get("src") in ok or x.get("dst") in ok]
+    try:
+        wait_for(lambda: pod_objects(node.netns) == before, what="the node's datapath as before")
+    except AssertionError:
+        raise AssertionError(f"leftovers: {before.diff(pod_objects(node.netns))}") from None
 
 
 def test_hostport_through_chained_debian_portmap(cluster, pods) -> None:
@@ -265,7 +284,7 @@ def dual_cluster(tmp_path_factory):
 
 def test_dual_stack_pods_talk_over_ipv4_and_ipv6_across_nodes(dual_cluster, pods) -> None:
     n1, n2 = dual_cluster.nodes
-    a_ns, a, _ = pods.add(n1)
+    a_ns, a, a_cid = pods.add(n1)
     b_ns, b, _ = pods.add(n2)
     assert a.rc == 0 and b.rc == 0, a.stdout + b.stdout
     assert pod_ip(a, 6) and pod_ip(b, 6)
@@ -273,6 +292,20 @@ def test_dual_stack_pods_talk_over_ipv4_and_ipv6_across_nodes(dual_cluster, pods
     probe.ping(netns.netns_path(a_ns), pod_ip(b, 6))
     with whoami_server(netns.netns_path(b_ns), pod_ip(b, 6)) as (host, port):
         assert whoami(netns.netns_path(a_ns), host, port) == pod_ip(a, 6)
+
+    # accept_dad=0 on the ENI is part of the checked plan
+    att = [x for x in n1.agent.attachments() if x["container_id"] == a_cid][0]
+    eni = eni_of(n1.netns, eni_mac(dual_cluster, att["eni"]))["ifname"]
+    dad = f"net.ipv6.conf.{eni}.accept_dad"
+    assert ns_run(n1.netns, "sysctl", "-n", dad).stdout.strip() == "0"
+    conf = n1.agent.conf(prevResult=a.out)
+    ns_run(n1.netns, "sysctl", "-qw", f"{dad}=1", check=True)
+    try:
+        bad = n1.agent.cni("CHECK", a_cid, netns_path=netns.netns_path(a_ns), conf=conf)
+        assert bad.rc == 1 and "accept_dad" in bad.out["msg"], bad.stdout
+    finally:
+        ns_run(n1.netns, "sysctl", "-qw", f"{dad}=0", check=True)
+    assert n1.agent.cni("CHECK", a_cid, netns_path=netns.netns_path(a_ns), conf=conf).rc == 0
 
 
 def test_debian_bandwidth_and_tuning_plugins_chain_after_terway(cluster, pods) -> None:

@@ -98,15 +98,32 @@ async def terway_release(ctx: ModeContext, request: PodRequest, allocation: Allo
 _eni_names: dict[str, str] = {}
 
 
-async def _find_eni(ctx: ModeContext, mac: str) -> dp.LinkInfo:
+async def _find_eni(ctx: ModeContext, mac: str, *, timeout: float = dp.DEFAULT_LINK_TIMEOUT) -> dp.LinkInfo:
+    """The ENI device with ``mac`` as it is now (waiting up to ``timeout`` s for a hot-plug)."""
     name = _eni_names.get(mac)
     if name is not None:
         link = await ctx.run_sync(dp.get_link, name)
         if link is not None and link.mac == mac:
             return link
-    link = await dp.find_link_by_mac_async(mac, limiter=ctx.netlink_limiter)
+    link = await dp.find_link_by_mac_async(mac, limiter=ctx.netlink_limiter, timeout=timeout)
     _eni_names[mac] = link.name
     return link
+
+
+def _node_cidrs(ctx: ModeContext, allocation: Allocation | None = None) -> list[str]:
+    """The CIDRs of the node-level prio-512 rules: Service CIDRs and host_stack_cidrs."""
+    service = allocation.service_cidrs if allocation is not None else ctx.config.eni.service_cidr
+    return [*service, *ctx.config.netconf.host_stack_cidrs]
+
+
+def _node_plan(ctx: ModeContext, eni: dp.LinkInfo, allocation: Allocation) -> dp.Plan:
+    """The per-ENI and node-level objects for ``allocation`` on the ENI device ``eni``."""
+    return _plan.eni_plan(
+        eni_dev=eni.name,
+        eni_ifindex=eni.index,
+        gateway4=allocation.ipv4.gateway if allocation.ipv4 else None,
+        gateway6=allocation.ipv6.gateway if allocation.ipv6 else None,
+    ) + _plan.node_plan(_node_cidrs(ctx, allocation))
 
 
 async def _plans(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> tuple[dp.Plan, dp.Plan, dict]:
@@ -126,12 +143,7 @@ async def _plans(ctx: ModeContext, request: PodRequest, allocation: Allocation) 
         ingress_bps=request.bandwidth.ingress_bps,
         egress_bps=request.bandwidth.egress_bps,
     )
-    node = _plan.eni_plan(
-        eni_dev=eni.name,
-        eni_ifindex=eni.index,
-        gateway4=allocation.ipv4.gateway if allocation.ipv4 else None,
-        gateway6=allocation.ipv6.gateway if allocation.ipv6 else None,
-    ) + _plan.node_plan([*allocation.service_cidrs, *netconf.host_stack_cidrs])
+    node = _node_plan(ctx, eni, allocation)
     state = {"host_veth": host_veth, "eni_dev": eni.name, "eni_ifindex": eni.index, "mtu": mtu}
     return node, pod, state
 
@@ -140,8 +152,7 @@ async def _plans(ctx: ModeContext, request: PodRequest, allocation: Allocation) 
 async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> LinkResult:
     node, pod, state = await _plans(ctx, request, allocation)
     if allocation.ipv6 is not None:
-        prepare = _plan.eni_prepare_plan(eni_dev=state["eni_dev"], ipv6=True)
-        await dp.apply_async(prepare, limiter=ctx.netlink_limiter)
+        await dp.apply_async(_plan.before_link_up(node), limiter=ctx.netlink_limiter)
     await dp.apply_async(node, limiter=ctx.netlink_limiter)
     try:
         await dp.apply_async(pod, limiter=ctx.netlink_limiter)
@@ -299,26 +310,62 @@ def _eni_present(mac: str, ifindex: int | None) -> str | None:
 
 @hookimpl
 async def terway_repair(ctx: ModeContext, live: Sequence[Attachment]) -> RepairReport:
+    """Re-create what is missing of live attachments (rules flushed by a reboot or
+    another tool, a flushed ENI table).  The node plan is rebuilt from the ENI as it
+    is now (found by MAC: its ifindex, name and table may have changed since ADD),
+    the stored pod plan gets that ENI's table; an attachment whose netns is gone is
+    skipped whole (GC removes it)."""
     repaired: list[str] = []
     failed: list[str] = []
     checked = 0
+    enis: dict[str, dp.LinkInfo | Exception] = {}
     for att in live:
-        if att.mode != MODE or att.link is None:
+        if att.mode != MODE or att.link is None or att.allocation is None:
             continue
+        if att.netns and not netns.exists(att.netns):
+            continue  # the sandbox is gone; GC removes the attachment
         checked += 1
-        for key in ("node_plan", "pod_plan"):
-            if key not in att.link.state:
-                continue
-            plan = dp.Plan.from_json(att.link.state[key])
-            if key == "pod_plan" and att.netns and not netns.exists(att.netns):
-                continue  # the sandbox is gone; GC removes the attachment
+        mac = att.allocation.mac
+        if mac not in enis:
             try:
-                report = await dp.apply_async(plan, limiter=ctx.netlink_limiter)
+                enis[mac] = await _find_eni(ctx, mac, timeout=0)  # no waiting in a repair pass
             except Exception as exc:
-                failed.append(f"{att.pod.key}: {exc}")
-                continue
-            repaired += [f"{att.pod.key}: {o.describe()}" for o in (*report.created, *report.changed)]
+                enis[mac] = exc
+        eni = enis[mac]
+        if isinstance(eni, Exception):
+            failed.append(f"{att.pod.key}: {eni}")
+            continue
+        try:
+            repaired += await _repair_one(ctx, att, eni)
+        except Exception as exc:
+            failed.append(f"{att.pod.key}: {exc}")
     return RepairReport(checked=checked, repaired=tuple(repaired), failed=tuple(failed))
+
+
+async def _repair_one(ctx: ModeContext, att: Attachment, eni: dp.LinkInfo) -> list[str]:
+    assert att.link is not None and att.allocation is not None
+    state = dict(att.link.state)
+    node = _node_plan(ctx, eni, att.allocation)
+    if att.allocation.ipv6 is not None:
+        await dp.apply_async(_plan.before_link_up(node), limiter=ctx.netlink_limiter)
+    report = await dp.apply_async(node, limiter=ctx.netlink_limiter)
+    objects = [*report.created, *report.changed]
+    moved = state.get("eni_ifindex") != eni.index or state.get("eni_dev") != eni.name
+    if "pod_plan" in state:
+        stored = dp.Plan.from_json(state["pod_plan"])
+        pod = _plan.with_eni_table(stored, eni.index)
+        if pod != stored:
+            # the ENI's ifindex changed: its rules must look up the new table
+            await dp.prune_async(stored, pod, limiter=ctx.netlink_limiter)
+        report = await dp.apply_async(pod, limiter=ctx.netlink_limiter)
+        objects += [*report.created, *report.changed]
+        state["pod_plan"] = pod.to_json()
+    if moved or state.get("node_plan") != node.to_json():
+        state.update(node_plan=node.to_json(), eni_dev=eni.name, eni_ifindex=eni.index)
+        link = replace(att.link, state=state)
+        await ctx.store.acall(ctx.store.set_link, att.container_id, att.ifname, link)
+        log.info("shared_eni.repair.plan_updated", eni_dev=eni.name, eni_ifindex=eni.index, pod=att.pod.key)
+    return [f"{att.pod.key}: {o.describe()}" for o in objects]
 
 
 @hookimpl
@@ -328,7 +375,15 @@ async def terway_gc(ctx: ModeContext, live: Sequence[Attachment]) -> list[str]:
     keep_veths = {_plan.host_veth_name(att.pod.namespace, att.pod.name) for att in live}
     keep_veths |= {att.link.state.get("host_veth") for att in live if att.link is not None}
     keep_ips = {a.address for att in live if att.allocation for a in att.allocation.addresses}
-    return await ctx.run_sync(_gc.remove_leftovers, keep_veths, keep_ips)
+    # The node-level rules (Service CIDRs, host_stack_cidrs) are never a pod's,
+    # also when a CIDR is a single address (node-local DNS): the configured ones
+    # and those of the stored node plans.
+    keep_dsts = set(_node_cidrs(ctx))
+    for att in live:
+        if att.link is not None and "node_plan" in att.link.state:
+            plan = dp.Plan.from_json(att.link.state["node_plan"])
+            keep_dsts |= {o.dst for o in plan.objects if isinstance(o, dp.Rule) and o.dst}
+    return await ctx.run_sync(_gc.remove_leftovers, keep_veths, keep_ips, keep_dsts)
 
 
 @hookimpl

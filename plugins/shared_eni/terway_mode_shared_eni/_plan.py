@@ -12,8 +12,10 @@ node namespace, per pod
     cali... scope link`` (IPv6: also a PERMANENT neighbour for the pod); rules prio 512 ``to <podIP> lookup main`` and prio 2048
     ``from <podIP> lookup 1000+<ENI ifindex>``; TBF for bandwidth (ingress on the
     host veth, egress on the pod side).
+    The host veth gets forwarding on and rp_filter off (``net.ipv4.conf.<link>``).
 node namespace, per ENI (shared by its pods)
-    forwarding on, rp_filter off, the ENI up (IPv6: accept_dad=0 before that),
+    forwarding on and rp_filter off for all, default and the ENI, the ENI up
+    (IPv6: accept_dad=0 on it, applied before it goes up: :func:`before_link_up`),
     table 1000+ifindex ``default via <vSwitch gateway> dev <ENI> onlink``.
 node namespace, once
     rules prio 512 ``to <service CIDR / host_stack_cidr> lookup main`` so that
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 
 from terway_agent import datapath as dp
 
@@ -59,21 +62,24 @@ def pod_mac(host_veth: str) -> str:
     return dp.stable_mac(f"terway/{host_veth}/pod")
 
 
-def eni_prepare_plan(*, eni_dev: str, ipv6: bool) -> dp.Plan:
-    """Applied before the ENI is brought up the first time: the VPC guarantees
-    address uniqueness, so IPv6 DAD on the ENI only delays the first packets by a second."""
-    if not ipv6:
-        return dp.Plan(())
-    return dp.Plan((dp.Sysctl(path=f"net/ipv6/conf/{eni_dev}/accept_dad", value="0"),))
+def before_link_up(node: dp.Plan) -> dp.Plan:
+    """The sysctls of an ENI plan, to apply before the plan itself (the executor
+    brings links up before it writes sysctls): IPv6 DAD must be off before the
+    ENI goes up the first time -- the VPC guarantees address uniqueness, so DAD
+    on the ENI only delays the first packets by a second."""
+    return dp.Plan(tuple(o for o in node.objects if isinstance(o, dp.Sysctl) and o.path.endswith("/accept_dad")))
 
 
 def eni_plan(*, eni_dev: str, eni_ifindex: int, gateway4: str | None, gateway6: str | None) -> dp.Plan:
     """Node-level objects for one ENI that carries shared-ENI pods."""
     table = eni_table(eni_ifindex)
     objs: list[dp.PlanObject] = [
+        # terway-facts.md, "Datapath": net.ipv4.conf.{all,default,<link>}.forwarding=1 and rp_filter=0
         dp.Sysctl(path="net/ipv4/conf/all/forwarding", value="1"),
         dp.Sysctl(path="net/ipv4/conf/default/forwarding", value="1"),
+        dp.Sysctl(path=f"net/ipv4/conf/{eni_dev}/forwarding", value="1"),
         dp.Sysctl(path="net/ipv4/conf/all/rp_filter", value="0"),
+        dp.Sysctl(path="net/ipv4/conf/default/rp_filter", value="0"),
         dp.Sysctl(path=f"net/ipv4/conf/{eni_dev}/rp_filter", value="0"),
         dp.LinkState(name=eni_dev),
     ]
@@ -81,6 +87,7 @@ def eni_plan(*, eni_dev: str, eni_ifindex: int, gateway4: str | None, gateway6: 
         objs.append(dp.Route(dst="0.0.0.0/0", gateway=gateway4, dev=eni_dev, onlink=True, table=table))
     if gateway6:
         objs += [
+            dp.Sysctl(path=f"net/ipv6/conf/{eni_dev}/accept_dad", value="0"),
             dp.Sysctl(path="net/ipv6/conf/all/forwarding", value="1"),
             dp.Route(dst="::/0", gateway=gateway6, dev=eni_dev, onlink=True, table=table),
         ]
@@ -124,6 +131,8 @@ def pod_plan(
             dp.Address(dev=ifname, address=f"{pod_ip4}/32", netns=pod_netns),
             dp.Neighbour(dev=ifname, ip=POD_GATEWAY4, lladdr=mac, netns=pod_netns),
             dp.Route(dst="0.0.0.0/0", gateway=POD_GATEWAY4, dev=ifname, onlink=True, netns=pod_netns),
+            dp.Sysctl(path=f"net/ipv4/conf/{host_veth}/forwarding", value="1"),
+            dp.Sysctl(path=f"net/ipv4/conf/{host_veth}/rp_filter", value="0"),
             dp.Route(dst=f"{pod_ip4}/32", dev=host_veth, scope="link"),
             dp.Rule(priority=RULE_TO_POD, dst=f"{pod_ip4}/32", table=dp.MAIN_TABLE),
             dp.Rule(priority=RULE_FROM_POD, src=f"{pod_ip4}/32", table=table),
@@ -144,6 +153,16 @@ def pod_plan(
     if ingress_bps:
         objs.append(dp.Tbf.for_bandwidth(dev=host_veth, bits_per_s=ingress_bps, mtu=mtu))
     return dp.Plan(tuple(objs))
+
+
+def with_eni_table(plan: dp.Plan, eni_ifindex: int) -> dp.Plan:
+    """``plan`` (a pod plan) with its prio-2048 rules looking up the table of ENI
+    ``eni_ifindex`` (the ENI's ifindex changed, e.g. it was re-plugged)."""
+    table = eni_table(eni_ifindex)
+    return dp.Plan(tuple(
+        replace(o, table=table) if isinstance(o, dp.Rule) and o.priority == RULE_FROM_POD else o
+        for o in plan.objects
+    ))
 
 
 def node_side_only(plan: dp.Plan) -> dp.Plan:
