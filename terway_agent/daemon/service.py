@@ -19,6 +19,7 @@ attachment of the network missing from ``cni.dev/valid-attachments``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -340,8 +341,10 @@ class CNIService:
         if att is None:
             log.info("cni.del.nothing")
             return
-        await self._remove(att, request)
-        log.info("cni.del.done")
+        # A DEL without K8S_POD_* arguments still logs the pod it removes (from the store).
+        with bind_request(pod=att.pod.key) if not request.pod.namespace else contextlib.nullcontext():
+            await self._remove(att, request)
+            log.info("cni.del.done")
 
     async def _remove(self, att: Attachment, request: PodRequest | None = None) -> None:
         """Tear down and release a stored attachment; shielded; raises if it could not."""

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from terway_agent.store import SCHEMA_VERSION, Store, StoreError
+from terway_agent.store import _MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from terway_agent.types import Allocation, IPAssignment, LinkResult, PodRef
 
 
@@ -153,3 +153,30 @@ def test_kv(store: Store) -> None:
     assert store.kv_items("mode") == {"a": {"x": [1, 2]}}
     store.kv_put("mode", "a", None)
     assert store.kv_get("mode", "a") is None
+
+
+def test_a_schema_1_database_with_data_is_migrated_and_keeps_its_data(tmp_path, clock) -> None:
+    """Data written under schema 1 (meta, attachments, leases) survives the migration to the current schema."""
+    path = tmp_path / "old.db"
+    s = Store(path, clock=clock)
+    s.set_meta("ran_mode", "shared_eni")
+    s.begin_attachment(request=_req("old1"), network="terway", pod=PodRef("ns", "p"), netns="/n", mode="shared_eni")
+    assert s.lease("pool", iter(["10.0.0.5"]), "old1/eth0", pod="ns/p") == "10.0.0.5"
+    s.close()
+    # turn it into what an agent of schema 1 left behind: its tables, its data, user_version 1
+    v1 = sqlite3.connect(":memory:")
+    v1.executescript(_MIGRATIONS[1])
+    v1_tables = {r[0] for r in v1.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db = sqlite3.connect(path)
+    for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        if table not in v1_tables:
+            db.execute(f"DROP TABLE {table}")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    s = Store(path, clock=clock)
+    assert s.schema_version == SCHEMA_VERSION
+    assert s.get_meta("ran_mode") == "shared_eni"
+    assert [a.container_id for a in s.attachments()] == ["old1"]
+    assert s.lease("pool", iter(["10.0.0.6"]), "old1/eth0", pod="ns/p") == "10.0.0.5"  # same owner, same address
+    s.close()
