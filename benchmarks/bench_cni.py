@@ -166,9 +166,10 @@ def inner(args: argparse.Namespace) -> None:
             ms = [v * 1000 for v in vals]
             print(f"{label:16} {verb:4} {pct(ms, 50):8.2f} {pct(ms, 99):8.2f} {statistics.mean(ms):8.2f}")
     for verb in ("ADD", "DEL"):
-        t = pct(results["terway"][verb], 50)
-        g = pct(results["ptp+host-local"][verb], 50)
-        print(f"ratio terway/ptp+host-local {verb} p50: {t / g:.2f}")
+        for q in (50, 99):
+            t = pct(results["terway"][verb], q)
+            g = pct(results["ptp+host-local"][verb], q)
+            print(f"ratio terway/ptp+host-local {verb} p{q}: {t / g:.2f}")
     print(f"terway VERSION exec (interpreter start-up + imports) p50: {pct(startup, 50) * 1000:.2f} ms; "
           f"bare 'python -IS -c pass' p50: {pct(bare, 50) * 1000:.2f} ms")
     print(f"agent RSS idle: {idle_rss / 1024:.1f} MiB; with {args.rss_pods} pods allocated: {loaded_rss / 1024:.1f} MiB")

@@ -97,8 +97,9 @@ def cni_latency(cluster: sim.CloudCluster, pods: int) -> None:
         for verb, vals in verbs.items():
             row(label, verb, vals)
     for verb in ("ADD", "DEL"):
-        t, g = pct(res["terway shared_eni"][verb], 50), pct(res["Go ptp+host-local"][verb], 50)
-        print(f"  ratio terway/Go {verb} p50: {t / g:.2f}")
+        for q in (50, 99):
+            t, g = pct(res["terway shared_eni"][verb], q), pct(res["Go ptp+host-local"][verb], q)
+            print(f"  ratio terway/Go {verb} p{q}: {t / g:.2f}")
     for n in names:
         netns.remove(n)
 
