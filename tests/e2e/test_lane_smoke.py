@@ -408,6 +408,9 @@ def test_node_stop_with_a_running_pod_leaves_the_host_clean(
     for uid in (pod.metadata.uid, gone.metadata.uid):
         assert not list(Path("/var/log/pods").glob(f"*_{uid}")), f"log dir of pod {uid} left behind"
     assert not list(Path("/var/lib/cni/results").glob(f"{conflist['name']}-*"))
+    uids = {pod.metadata.uid, gone.metadata.uid}
+    cached = [f for f in Path("/var/lib/cni/results").iterdir() if any(u in f.read_text() for u in uids)]
+    assert not cached, f"libcni results of the lane's pods left behind (cni-loopback included): {cached}"
     # Other sessions' kubelets may still hold the sysctls; otherwise they are back to what they were.
     if not Path("/run/twe2e-sysctl.json").exists():
         assert {k: Path("/proc/sys", k).read_text() for k in _cleanup.KUBELET_SYSCTLS} == sysctls_before

@@ -209,6 +209,29 @@ def remove_pod_logs(uids: Iterable[str]) -> list[str]:
     return done
 
 
+
+CNI_CACHE = Path("/var/lib/cni/results")
+
+
+def remove_cni_results_of_pods(uids: Iterable[str]) -> list[str]:
+    """Delete libcni's cached results (``/var/lib/cni/results/<net>-<sandbox>-<if>``, written by
+    containerd for every network of a sandbox, ``cni-loopback`` included) of pods ``uids``:
+    a sandbox torn down without a successful CNI DEL leaves them behind."""
+    wanted = set(uids)
+    done = []
+    if not wanted or not CNI_CACHE.is_dir():
+        return done
+    for f in CNI_CACHE.iterdir():
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        args = dict(a for a in doc.get("cniArgs") or [] if isinstance(a, list) and len(a) == 2)
+        if args.get("K8S_POD_UID") in wanted:
+            f.unlink(missing_ok=True)
+            done.append(f"removed {f}")
+    return done
+
 # --- sysctls kubelet changes ----------------------------------------------------------------------
 
 # kubelet 1.20 (cm.setupKernelTunables, protectKernelDefaults=false) sets these on start.

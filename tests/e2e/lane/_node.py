@@ -270,6 +270,7 @@ class Node:
             report.extend(f"removed {p}" for p in _cleanup.remove_paths([f"/var/lib/cni/results/{net}-*"]))
         # kubelet 1.20 hard-codes /var/log/pods/<ns>_<pod>_<uid>/ (+ symlinks in /var/log/containers).
         report.extend(_cleanup.remove_pod_logs(pod_uids))
+        report.extend(_cleanup.remove_cni_results_of_pods(pod_uids))
         report.extend(_cleanup.sysctl_release(self._sysctl_owner))
         wd.remove()
         self.kubelet = self.containerd = self.cri = None
