@@ -77,8 +77,16 @@ def bandwidth_from(runtime_config: Mapping[str, Any], annotations: Mapping[str, 
     if bw is not None:
         if not isinstance(bw, Mapping):
             raise InvalidInput("runtimeConfig.bandwidth", bw, "an object with ingressRate/egressRate in bits/s")
-        if bw.get("ingressRate"):
-            ingress = parse_bandwidth_quantity("runtimeConfig.bandwidth.ingressRate", bw["ingressRate"])
-        if bw.get("egressRate"):
-            egress = parse_bandwidth_quantity("runtimeConfig.bandwidth.egressRate", bw["egressRate"])
+        # The CNI convention spells ingressRate/egressRate; containerd sends Go's field names
+        # (IngressRate, EgressRate) and Go plugins decode case-insensitively: so do we.
+        keys = {str(k).lower(): k for k in bw}
+        for name in ("ingressrate", "egressrate"):
+            key = keys.get(name)
+            if key is None or not bw[key]:
+                continue
+            bps = parse_bandwidth_quantity(f"runtimeConfig.bandwidth.{key}", bw[key])
+            if name == "ingressrate":
+                ingress = bps
+            else:
+                egress = bps
     return Bandwidth(ingress_bps=ingress, egress_bps=egress)
