@@ -33,10 +33,15 @@ class Permission:
 
 
 def required_permissions(namespace: str) -> list[Permission]:
-    """Everything the agent does with the API (docs/deploy.md, "RBAC")."""
+    """Everything the agent does with the API (docs/deploy.md, "RBAC") and nothing more.
+
+    Each entry is a request the code makes (``core.list_node`` ..., see ``_agent.py``,
+    ``_node.py``, ``_pods.py``, ``_events.py``); the chart's ``rbac.yaml`` grants exactly
+    these (``tests/k8s/test_rbac.py``).  Its Node and the ConfigMaps are read from watch
+    caches (list + watch), never with a single GET.
+    """
     return [
-        Permission("get", "nodes", why="its Node: labels select the mode"),
-        Permission("list", "nodes", why="watch its Node (field selector metadata.name)"),
+        Permission("list", "nodes", why="its Node (field selector metadata.name): labels select the mode"),
         Permission("watch", "nodes", why="label changes"),
         Permission("patch", "nodes", why="annotations k8s.aliyun.com/max-available-ip ..."),
         Permission("patch", "nodes", "status", why="SufficientIP condition, aliyun/eni resources"),
@@ -46,7 +51,6 @@ def required_permissions(namespace: str) -> list[Permission]:
         Permission("patch", "pods", why="annotation k8s.aliyun.com/pod-ips"),
         Permission("create", "events", why="AllocIPSucceed, AllocIPFailed, ConfigError events"),
         Permission("patch", "events", why="repeated events are aggregated"),
-        Permission("get", "configmaps", namespace=namespace, why="eni-config, terway-config"),
         Permission("list", "configmaps", namespace=namespace, why="eni-config, terway-config"),
         Permission("watch", "configmaps", namespace=namespace, why="live configuration changes"),
     ]

@@ -57,6 +57,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.netns]
 
 MAX_AVAILABLE_IP = "k8s.aliyun.com/max-available-ip"
 POD_IPS = "k8s.aliyun.com/pod-ips"
+#: seconds an exhausted vSwitch is set aside (the agent's plugin_config.ipam.ip_inhibit)
+IP_INHIBIT = 15
 
 
 @dataclass
@@ -142,7 +144,14 @@ def terway_node(
             core = client.CoreV1Api(c)
             core.create_namespace({"metadata": {"name": system_ns}})
             core.create_namespace({"metadata": {"name": pods_ns}})
-            rendered = chart(system_ns, release, eniConf=eni_conf()).documents()
+            # ip_inhibit (docs/ipam.md; 600 s by default) through the chart's agent.pluginConfig,
+            # so that the SufficientIP test sees the condition come back within seconds
+            rendered = chart(
+                system_ns,
+                release,
+                eniConf=eni_conf(),
+                agent={"pluginConfig": {"ipam": {"ip_inhibit": IP_INHIBIT}}},
+            ).documents()
             docs = [d for d in rendered if d["kind"] != "DaemonSet"]
             apply_docs(c, docs)
         daemonset = kind_docs(rendered, "DaemonSet")[0]
@@ -352,6 +361,45 @@ def test_a_statefulset_pod_recreated_keeps_its_address(terway_node: TerwayNode):
         _delete(tn, name)
 
 
+def test_a_pod_annotated_for_ip_reservation_recreated_keeps_its_address(terway_node: TerwayNode):
+    """A plain pod (no owner) with ``k8s.aliyun.com/pod-ip-reservation: "true"`` is sticky like
+    a StatefulSet's: its address is held for the pod of the same name."""
+    tn = terway_node
+    reserve = {"k8s.aliyun.com/pod-ip-reservation": "true"}
+    first = _running(tn, _pod(tn, "reserved", annotations=reserve).metadata.name)
+    assert not first.metadata.owner_references
+    ip = first.status.pod_ip
+    _delete(tn, "reserved")
+    held = tn.ip_state(ip)
+    assert held is not None and held["owner"] is None and held["hold_for"] == f"{tn.pods_ns}/reserved", held
+    again = _running(tn, _pod(tn, "reserved", annotations=reserve).metadata.name)
+    assert again.metadata.uid != first.metadata.uid
+    assert again.status.pod_ip == ip
+    _delete(tn, "reserved")
+
+
+def _tbf_rates_bps(tn: TerwayNode, pod: Any) -> tuple[int, int]:
+    """(ingress, egress) rates of the pod's TBF qdiscs in bits/s: ingress (towards the pod) on
+    the host veth, egress on the pod's eth0."""
+    # docs/modes/shared_eni.md: the host veth is cali + 11 hex of sha1("<namespace>.<name>")
+    host_veth = "cali" + hashlib.sha1(f"{tn.pods_ns}.{pod.metadata.name}".encode()).hexdigest()[:11]
+    host = subprocess.run(
+        ["ip", "netns", "exec", tn.node_ns, "tc", "-j", "qdisc", "show", "dev", host_veth],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    pod_side = _in_pod(tn.sandbox_netns(pod), "tc", "-j", "qdisc", "show", "dev", "eth0")
+
+    def tbf_rate(r: subprocess.CompletedProcess[str]) -> int:
+        assert r.returncode == 0, r.stderr
+        q = [x for x in json.loads(r.stdout) if x.get("kind") == "tbf"]
+        assert q, f"no tbf qdisc: {r.stdout}"
+        return int(q[0]["options"]["rate"]) * 8  # tc -j reports bytes per second
+
+    return tbf_rate(host), tbf_rate(pod_side)
+
+
 def test_the_bandwidth_annotations_shape_the_pod(terway_node: TerwayNode):
     tn = terway_node
     pod = _running(
@@ -362,29 +410,37 @@ def test_the_bandwidth_annotations_shape_the_pod(terway_node: TerwayNode):
             annotations={"k8s.aliyun.com/ingress-bandwidth": "10M", "k8s.aliyun.com/egress-bandwidth": "5M"},
         ).metadata.name,
     )
-    # docs/modes/shared_eni.md: the host veth is cali + 11 hex of sha1("<namespace>.<name>")
-    host_veth = "cali" + hashlib.sha1(f"{tn.pods_ns}.limited".encode()).hexdigest()[:11]
-    host = subprocess.run(
-        ["ip", "netns", "exec", tn.node_ns, "tc", "-j", "qdisc", "show", "dev", host_veth],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    pod_side = _in_pod(tn.sandbox_netns(pod), "tc", "-j", "qdisc", "show", "dev", "eth0")
-
-    def tbf_rate(out: str) -> int:
-        q = [x for x in json.loads(out) if x.get("kind") == "tbf"]
-        assert q, out
-        return int(q[0]["options"]["rate"])
-
-    # tc -j reports bytes per second: ingress (towards the pod) on the host veth, egress in the pod
-    assert tbf_rate(host.stdout) * 8 == 10_000_000
-    assert tbf_rate(pod_side.stdout) * 8 == 5_000_000
+    assert _tbf_rates_bps(tn, pod) == (10_000_000, 5_000_000)
     _delete(tn, "limited")
 
 
-def test_an_exhausted_vswitch_turns_sufficient_ip_false(terway_node: TerwayNode):
-    """Runs last: the IPAM sets exhausted vSwitches aside for minutes."""
+def test_the_standard_bandwidth_annotations_arrive_as_runtime_config(terway_node: TerwayNode):
+    """``kubernetes.io/{ingress,egress}-bandwidth`` are not read by the agent: kubelet passes the
+    pod's annotations in the sandbox config, containerd's CRI turns them into the CNI
+    ``bandwidth`` capability (``runtimeConfig.bandwidth``, bits/s) because the conflist declares
+    ``capabilities: {bandwidth: true}``, and the terway plugin forwards runtimeConfig to the
+    agent. A TBF with these rates proves the whole path."""
+    tn = terway_node
+    conflist = json.loads((tn.node.cni_conf_dir / "10-terway.conflist").read_text())
+    assert conflist["plugins"][0]["capabilities"] == {"bandwidth": True}
+    try:
+        pod = _running(
+            tn,
+            _pod(
+                tn,
+                "limited-std",
+                annotations={"kubernetes.io/ingress-bandwidth": "20M", "kubernetes.io/egress-bandwidth": "8M"},
+            ).metadata.name,
+        )
+        assert _tbf_rates_bps(tn, pod) == (20_000_000, 8_000_000)
+    finally:
+        _delete(tn, "limited-std")
+
+
+def test_an_exhausted_vswitch_turns_sufficient_ip_false_and_back(terway_node: TerwayNode):
+    """Runs last: it leaves the node's pool drained. The vSwitches answering
+    ``InvalidVSwitchId.IpNotEnough`` are set aside for ``ip_inhibit`` (IP_INHIBIT here); once the
+    fault is gone and the set-aside is over, the condition returns to True."""
     tn = terway_node
     admin = tn.emulator.admin()
     core = tn.core()
@@ -416,6 +472,20 @@ def test_an_exhausted_vswitch_turns_sufficient_ip_false(terway_node: TerwayNode)
             timeout=30,
         )
         assert ev[0].type == "Warning"
+        failed_at = time.monotonic()
+        admin.clear_faults()
+
+        def recovered() -> Any:
+            n = core.read_node(tn.node.name)
+            c = [c for c in n.status.conditions or [] if c.type == "SufficientIP"]
+            return c[0] if c and c[0].status == "True" else None
+
+        back = wait_until("SufficientIP True again", recovered, timeout=IP_INHIBIT + 60)
+        print(f"SufficientIP True {time.monotonic() - failed_at:.1f}s after the fault was cleared")
+        assert back.reason == "SufficientIP"
+        assert back.last_transition_time > cond.last_transition_time
+        flips = [r["sufficient_ip"] for r in tn.agent.lines("k8s.node.condition")]
+        assert flips[-2:] == ["False", "True"], flips
     finally:
         admin.clear_faults()
         for p in core.list_namespaced_pod(tn.pods_ns).items:

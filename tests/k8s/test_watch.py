@@ -96,3 +96,39 @@ def test_410_gone_relists_and_delivers_only_the_difference(twk8s_compacting_api,
         assert agent.stop() == 0
     finally:
         fwd.close()
+
+
+def test_bookmarks_advance_the_resource_version_without_a_relist(twk8s_api, kenv_factory):
+    """Writes the agent's pod watch filters out (another node's pods) still move its
+    resourceVersion: the apiserver's bookmark (sent shortly before the watch's timeout) carries
+    it, and the next watch resumes from there -- no re-list, no event delivered."""
+    env = kenv_factory(twk8s_api)
+    agent = env.agent(log_level="debug", plugin_config={"kubernetes": {"watch_timeout": 4}})
+    agent.start(timeout=30)
+    listed = int(agent.wait_line("k8s.list.done", resource="pods")[0]["rv"])
+    other = f"{env.node}-other"
+    env.core().create_node({"metadata": {"name": other}})
+    try:
+        latest = max(int(env.pod(f"elsewhere-{i}", node=other).metadata.resource_version) for i in range(3))
+        assert latest > listed
+
+        def resumed_past_them() -> list[int]:
+            return [
+                r
+                for r in (int(x["rv"]) for x in agent.lines("k8s.watch.started", resource="pods"))
+                if r >= latest
+            ]
+
+        deadline = time.monotonic() + 30
+        while not resumed_past_them():
+            assert time.monotonic() < deadline, (
+                f"the pod watch never resumed from resourceVersion >= {latest}: "
+                f"{[x['rv'] for x in agent.lines('k8s.watch.started', resource='pods')]}"
+            )
+            time.sleep(0.2)
+        assert not agent.lines("k8s.relist.done", resource="pods")
+        assert not agent.lines("k8s.watch.expired")
+        assert not [r for r in agent.lines("k8s.pod.added") if "/elsewhere-" in r["pod"]]
+        assert agent.stop() == 0
+    finally:
+        env.core().delete_node(other)
