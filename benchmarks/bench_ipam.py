@@ -52,14 +52,30 @@ NODE = "i-twbench-node"
 KEY = ("LTAItwbenchKey", "twbench-secret")
 SG = "sg-twbench"
 VSWITCHES = ("vsw-twbench-a", "vsw-twbench-b")
-STATE_APIS = (
+#: APIs that change the cloud's state; every other call the emulator counted (DescribeNetworkInterfaces,
+#: DescribeVSwitches, ..., metadata reads) is a read or a poll and is printed separately
+MUTATING_APIS = (
     "CreateNetworkInterface",
     "AttachNetworkInterface",
     "AssignPrivateIpAddresses",
+    "AssignIpv6Addresses",
     "UnassignPrivateIpAddresses",
+    "UnassignIpv6Addresses",
     "DetachNetworkInterface",
     "DeleteNetworkInterface",
 )
+
+
+def short(api: str) -> str:
+    return (
+        api.replace("NetworkInterfaces", "ENIs")
+        .replace("NetworkInterface", "ENI")
+        .replace("PrivateIpAddresses", "IPs")
+    )
+
+
+def show(calls: dict[str, int]) -> str:
+    return ", ".join(f"{short(k)} {v}" for k, v in sorted(calls.items())) or "none"
 
 
 def topology(args: argparse.Namespace) -> Topology:
@@ -171,9 +187,12 @@ class Bench:
         self.admin.reset_calls()
         return ipam, store
 
-    def calls(self) -> dict[str, int]:
-        got = self.admin.calls()
-        return {k: got[k] for k in STATE_APIS if got.get(k)}
+    def calls(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every call the emulator counted since the last reset: (mutating, reads and polls)."""
+        got = {k: v for k, v in self.admin.calls().items() if v}
+        mutating = {k: v for k, v in got.items() if k in MUTATING_APIS}
+        polls = {k: v for k, v in got.items() if k not in MUTATING_APIS}
+        return mutating, polls
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +239,10 @@ async def cold(bench: Bench) -> None:
         "    lower bound: min over e <= maxENI of "
         "c + max(a, k*s), k = ceil(max(0, ceil(N/e) - 11)/10), + rate-limit excess (none below 400 calls)"
     )
-    print(f"    {'pods':>5} {'served in':>10} {'bound':>7} {'ratio':>6}  {'ENIs(bound)':>11}  cloud calls")
+    print(
+        f"    {'pods':>5} {'served in':>10} {'bound':>7} {'ratio':>6}  {'ENIs(bound)':>11}  "
+        "mutating calls | reads and polls"
+    )
     for n in args.sizes:
         async with trio.open_nursery() as nursery:
             ipam, store = await bench.pool(nursery, max_pool_size=5)
@@ -235,14 +257,11 @@ async def cold(bench: Bench) -> None:
                 for i in range(n):
                     pods.start_soon(one, i)
             elapsed = max(done)
-            calls = bench.calls()
+            mutating, polls = bench.calls()
             bound, enis, k = lower_bound(n, args, ipam.max_enis(), bench_per_eni(ipam))
-            shown = ", ".join(
-                f"{k2.replace('NetworkInterface', 'ENI').replace('PrivateIpAddresses', 'IPs')} {v}"
-                for k2, v in calls.items()
-            )
             print(
-                f"    {n:>5} {elapsed:>9.2f}s {bound:>6.2f}s {elapsed / bound:>6.2f}  {enis:>5} x {k} asg  {shown}"
+                f"    {n:>5} {elapsed:>9.2f}s {bound:>6.2f}s {elapsed / bound:>6.2f}  {enis:>5} x {k} asg  "
+                f"{show(mutating)} | {show(polls)}"
             )
             nursery.cancel_scope.cancel()
         store.close()
@@ -288,7 +307,8 @@ async def warm(bench: Bench) -> None:
                 f"    {name:13} p50 {pct(vals, 50):6.2f} ms  p90 {pct(vals, 90):6.2f} ms  "
                 f"p99 {pct(vals, 99):6.2f} ms  mean {statistics.fmean(vals):6.2f} ms"
             )
-        print(f"    cloud calls during the loop: {sum(bench.calls().values())}")
+        mutating, polls = bench.calls()
+        print(f"    cloud calls during the loop: mutating: {show(mutating)}; reads and polls: {show(polls)}")
         nursery.cancel_scope.cancel()
     store.close()
 
@@ -330,13 +350,14 @@ async def churn(bench: Bench) -> None:
                 running.append(owner)
             elapsed = trio.current_time() - t0
             await trio.sleep(0.5)
-            calls = bench.calls()
-            total = sum(calls.values())
+            mutating, polls = bench.calls()
+            total, reads = sum(mutating.values()), sum(polls.values())
             pace = f"{rate:.0f} cycles/s" if rate else "back to back"
             cold = sum(1 for w in waits if w > 0.05)
             print(
-                f"    ip_reuse_cooldown {cooldown:>4.1f}s, {pace:>13}: {total / args.churn:.3f} cloud calls per cycle "
-                f"({total} in {elapsed:.1f}s: {calls or 'none'}); {cold} allocations waited for the cloud"
+                f"    ip_reuse_cooldown {cooldown:>4.1f}s, {pace:>13}: {total / args.churn:.3f} mutating calls "
+                f"per cycle ({total} in {elapsed:.1f}s: {show(mutating)}), {reads / args.churn:.3f} reads and "
+                f"polls per cycle ({show(polls)}); {cold} allocations waited for the cloud"
             )
             nursery.cancel_scope.cancel()
         store.close()

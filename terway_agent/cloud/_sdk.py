@@ -179,7 +179,12 @@ def translate(exc: BaseException, api: str, endpoint: str, secrets: Iterable[str
                 retry_after = max(float(exc.retry_after) / 1000.0, 0.0)  # the SDK's unit: ms
             except (TypeError, ValueError):
                 retry_after = None
-        cls = CloudThrottled if isinstance(exc, ThrottlingException) else error_class_for(code, status)
+        # By the code, not by the SDK's exception class: the SDK raises ThrottlingException for
+        # *any* error answer carrying x-acs-retry-after (an InvalidParameter too), and only
+        # Throttling* codes (or a code-less 429) may be retried as throttling.
+        cls = error_class_for(code, status)
+        if not code and status == 429 and isinstance(exc, ThrottlingException):
+            cls = CloudThrottled
         text = scrub(_server_message(exc), secrets)
         message = f"{api} failed: {code or 'HTTP ' + str(status)}: {text}"
         if request_id:

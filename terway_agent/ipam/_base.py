@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -147,6 +147,10 @@ class IPAM:
         self._enis: dict[str, Eni] = {}
         self._by_owner: dict[str, list[Ip]] = {}
         self._orphans: dict[str, float] = {}
+        #: orphan ENIs whose deletion runs in the maintenance nursery
+        self._orphans_deleting: set[str] = set()
+        #: tombstones: address -> {owner, pod, family, eni_id, assigned_at, lost_at} (see _db)
+        self._lost: dict[str, dict[str, Any]] = {}
         self._loaded = False
         self._sgs: tuple[str, ...] = ()
         # planner / waiting
@@ -369,6 +373,7 @@ class IPAM:
             if eni is not None:
                 eni.ips[ip.address] = ip
         self._orphans = dict(orphans)
+        self._lost = await self._store.acall(_db.load_lost, self._store)
         self._reindex()
         self._loaded = True
 
@@ -378,6 +383,94 @@ class IPAM:
             for ip in eni.ips.values():
                 if ip.owner is not None:
                     self._by_owner.setdefault(ip.owner, []).append(ip)
+        self._apply_lost(ip for eni in self._enis.values() for ip in eni.ips.values())
+
+    def _apply_lost(self, ips: Iterable[Ip]) -> None:
+        """Quarantine addresses that have a tombstone (a pod that lost them still uses them)."""
+        for ip in ips:
+            tomb = self._lost.get(ip.address)
+            lost_for = (tomb.get("owner") or "") if tomb is not None else ""
+            if lost_for and not ip.lost_for:
+                log.error("ipam.ip.quarantined", address=ip.address, eni_id=ip.eni_id, lost_by=lost_for)
+            ip.lost_for = lost_for
+
+    def _add_lost(self, lost: dict[str, dict[str, Any]], report: _Report | None = None) -> None:
+        """Tombstones the store just wrote: remember them (and report them ``lost``)."""
+        for address, tomb in lost.items():
+            self._lost[address] = tomb
+            if report is not None:
+                report.add("lost", f"{tomb.get('owner')}={address}")
+            log.error(
+                "ipam.ip.lost",
+                address=address,
+                owner=tomb.get("owner"),
+                eni_id=tomb.get("eni_id"),
+                note="kept as a tombstone until the owner is released",
+            )
+
+    def _clear_lost(self, addresses: Iterable[str], now: float) -> None:
+        """Tombstones the store dropped (their owner was released): the addresses, if back on
+        one of our ENIs, become idle after the reuse cooldown."""
+        for address in addresses:
+            if self._lost.pop(address, None) is None:
+                continue
+            ip = self._find_ip(address)
+            if ip is not None and ip.lost_for:
+                ip.lost_for = ""
+                if ip.owner is None:
+                    ip.released_at = now
+
+    def _lost_of(self, owner: str) -> list[str]:
+        return [a for a, t in self._lost.items() if t.get("owner") == owner]
+
+    async def _resync_ips(self, addresses: Sequence[str]) -> None:
+        """The store refused a change to ``addresses``: rebuild their in-memory view from the rows
+        (the rows win; an address the store does not have leaves the pool's view)."""
+        rows = await self._store.acall(_db.get_ips, self._store, list(addresses))
+        self._lost = await self._store.acall(_db.load_lost, self._store)
+        for address in addresses:
+            ip = self._find_ip(address)
+            row = rows.get(address)
+            if row is None:
+                if ip is not None:
+                    eni = self._enis.get(ip.eni_id)
+                    if eni is not None:
+                        eni.ips.pop(address, None)
+                continue
+            fresh = Ip.from_row(row)
+            eni = self._enis.get(fresh.eni_id)
+            if ip is not None and ip.eni_id != fresh.eni_id:
+                old = self._enis.get(ip.eni_id)
+                if old is not None:
+                    old.ips.pop(address, None)
+                ip = None
+            if ip is None:
+                if eni is not None:
+                    eni.ips[address] = fresh
+                continue
+            ip.state, ip.owner, ip.pod = fresh.state, fresh.owner, fresh.pod
+            ip.assigned_at, ip.released_at = fresh.assigned_at, fresh.released_at
+            ip.hold_for, ip.hold_until = fresh.hold_for, fresh.hold_until
+        self._reindex()
+        self._update_gauges()
+        self._notify()
+        log.warning("ipam.resynced", ips=list(addresses))
+
+    async def _resync_eni(self, eni: Eni) -> None:
+        """The store refused a change to ``eni``: rebuild its in-memory view from its rows."""
+        row, ips = await self._store.acall(_db.get_eni, self._store, eni.eni_id)
+        self._lost = await self._store.acall(_db.load_lost, self._store)
+        if row is None:
+            self._enis.pop(eni.eni_id, None)
+        else:
+            fresh = Eni.from_row(row)
+            eni.state, eni.owner, eni.pod = fresh.state, fresh.owner, fresh.pod
+            eni.assigned_at, eni.released_at = fresh.assigned_at, fresh.released_at
+            eni.ips = {r["address"]: Ip.from_row(r) for r in ips}
+        self._reindex()
+        self._update_gauges()
+        self._notify()
+        log.warning("ipam.resynced", eni_id=eni.eni_id, state=eni.state if row else "gone", owner=eni.owner)
 
     # ------------------------------------------------------------------ notifications
     def _kick(self) -> None:
@@ -417,6 +510,15 @@ class IPAM:
             _metrics.INHIBITED.labels(kind="eni").set(0)
             return False
         return True
+
+    def _update_inhibit_gauges(self) -> None:
+        """``terway_ipam_inhibited{kind}`` from the current state (an expired inhibit clears it)."""
+        now = self._now()
+        _metrics.INHIBITED.labels(kind="eni").set(1 if self._eni_inhibited(now) else 0)
+        ip = any(e.ip_inhibited(now) for e in self._enis.values()) or any(
+            self._vsw.aside_until(v) is not None for v in self._vsw.configured()
+        )
+        _metrics.INHIBITED.labels(kind="ip").set(1 if ip else 0)
 
     def _node_event(self, message: str) -> None:
         """A Warning event ``AllocIPFailed`` on the node (the original's), when an event recorder is set."""
@@ -654,7 +756,7 @@ class IPAM:
             self._next_sync = now + conf.ip_pool_sync_period
         elif now >= self._next_sync:
             self._next_sync = now + conf.ip_pool_sync_period
-            await self.gc()
+            await self.gc(ops)
         due = [t for t in (self._next_reclaim, self._next_sync) if t is not None]
         if due:
             at = trio.current_time() + max(min(due) - self._now(), 0.0)
@@ -664,7 +766,9 @@ class IPAM:
         return interval * (1.0 + self.conf.idle_ip_reclaim_jitter_factor * self._rng.random())
 
     # ------------------------------------------------------------------ reconcile / GC
-    async def reconcile(self, live_owners: set[str], *, as_of: float | None = None) -> ReconcileReport:
+    async def reconcile(
+        self, live_owners: set[str], *, as_of: float | None = None, ops: trio.Nursery | None = None
+    ) -> ReconcileReport:
         """Bring the store, the cloud and the live owners into agreement (crash safety).
 
         * addresses owned by an owner not in ``live_owners`` (and assigned before
@@ -672,20 +776,25 @@ class IPAM:
           reuse cooldown);
         * ENIs half-created or half-deleted by a previous run are finished;
         * addresses on our ENIs unknown to the store are adopted as idle; store
-          rows the cloud no longer has are dropped (owned ones are reported ``lost``);
+          rows the cloud no longer has are dropped; owned ones are reported ``lost``
+          and kept as *tombstones* until their owner is released (the pod still uses
+          the address: if the cloud hands it to one of our ENIs again, it is not
+          handed out meanwhile);
         * attached ENIs tagged ``creator=terway`` and this instance but unknown to
           the store are adopted; unattached ones are orphans: marked the first
           time, deleted once still orphaned after ``orphan_grace``.
 
         ENIs with a cloud operation in flight are left alone.  Safe to call at
         any time; the agent calls it at start with the store's attachments and
-        the periodic GC pass calls it again.
+        the periodic GC pass calls it again.  With ``ops`` (the maintenance pass's
+        nursery) the ENI deletions it decides run there instead of inline, so a slow
+        detach does not stall the pass; without, they are done before it returns.
         """
         await self._ensure_loaded()
         report = _Report()
         await self._release_dead(live_owners, as_of, report)
         try:
-            await self._sync_cloud(report)
+            await self._sync_cloud(report, ops)
         except CloudError as exc:
             report.add("errors", f"cloud view unavailable: {exc.message}")
             log.warning("ipam.reconcile.cloud_failed", error=exc.message, code=exc.code)
@@ -698,20 +807,20 @@ class IPAM:
             log.info("ipam.reconcile.done", **{k: v for k, v in frozen.to_dict().items() if v})
         return frozen
 
-    async def gc(self) -> ReconcileReport:
+    async def gc(self, ops: trio.Nursery | None = None) -> ReconcileReport:
         """One periodic GC pass: :meth:`reconcile` with the live owners from the agent's store."""
         if self._live_owners is None:
-            return await self.reconcile_cloud_only()
+            return await self.reconcile_cloud_only(ops)
         as_of = self._now()
         live = await self._live_owners()
-        return await self.reconcile(live, as_of=as_of)
+        return await self.reconcile(live, as_of=as_of, ops=ops)
 
-    async def reconcile_cloud_only(self) -> ReconcileReport:
+    async def reconcile_cloud_only(self, ops: trio.Nursery | None = None) -> ReconcileReport:
         """:meth:`reconcile` without touching ownership (no live-owner source)."""
         await self._ensure_loaded()
         report = _Report()
         try:
-            await self._sync_cloud(report)
+            await self._sync_cloud(report, ops)
         except CloudError as exc:
             report.add("errors", f"cloud view unavailable: {exc.message}")
         self._reindex()
@@ -724,6 +833,9 @@ class IPAM:
         freed = await self._store.acall(_db.release_dead_owners, self._store, set(live), as_of, now)
         for owner, key in freed:
             report.add("released", f"{owner}={key}")
+            if key in self._lost and self._lost[key].get("owner") == owner:
+                self._clear_lost([key], now)
+                continue
             eni = self._enis.get(key)
             if eni is not None:
                 eni.owner, eni.pod, eni.released_at = None, "", now
@@ -800,7 +912,14 @@ class IPAM:
                 out[ip] = (6, False)
         return out
 
-    async def _sync_cloud(self, report: _Report) -> None:
+    async def _start_delete(self, eni: Eni, ops: trio.Nursery | None) -> None:
+        """Delete an ENI marked ``releasing``: in ``ops`` when given, else now."""
+        if ops is not None:
+            ops.start_soon(self._delete_eni, eni)
+        else:
+            await self._delete_eni(eni)
+
+    async def _sync_cloud(self, report: _Report, ops: trio.Nursery | None = None) -> None:
         started = self._now()
         gens = {e.eni_id: e.gen for e in self._enis.values()}
         view = await self._cloud_view()
@@ -813,29 +932,31 @@ class IPAM:
             on_us = info is not None and info.instance_id == iid and info.status in (_IN_USE, _ATTACHING)
             if eni.state == "releasing":
                 report.add("resumed", f"delete {eni.eni_id}")
-                await self._delete_eni(eni)
+                await self._start_delete(eni, ops)
                 continue
             if info is None:
-                for ip in eni.ips.values():
-                    if ip.owner is not None:
-                        report.add("lost", f"{ip.owner}={ip.address}")
                 if eni.owner is not None:
                     report.add("lost", f"{eni.owner}={eni.eni_id}")
-                await self._store.acall(_db.delete_eni, self._store, eni.eni_id)
-                del self._enis[eni.eni_id]
+                eni.state = "releasing"  # out of the pool before the store is touched
+                for ip in eni.ips.values():
+                    if ip.owner is None:
+                        ip.state = "releasing"
+                lost = await self._store.acall(_db.drop_vanished_eni, self._store, eni.eni_id, self._now())
+                self._enis.pop(eni.eni_id, None)
+                self._add_lost(lost, report)
                 report.add("dropped", eni.eni_id)
-                log.warning("ipam.eni.vanished", eni_id=eni.eni_id)
+                log.warning("ipam.eni.vanished", eni_id=eni.eni_id, tombstones=sorted(lost))
                 continue
             if not on_us:
                 owned = [ip for ip in eni.ips.values() if ip.owner is not None]
-                if eni.state == "attaching" or (not owned and eni.owner is None):
+                if eni.state == "attaching" or (not owned and eni.owner is None and not eni.quarantined()):
                     # ours (recorded before attach) but not attached to us: delete it
+                    # (_delete_eni asks the store first: an owned row stops it)
                     report.add("resumed" if eni.state == "attaching" else "dropped", f"delete {eni.eni_id}")
                     eni.state = "releasing"
-                    await self._store.acall(_db.update_eni, self._store, eni.eni_id, {"state": "releasing"})
                     for ip in eni.ips.values():
                         ip.state = "releasing"
-                    await self._delete_eni(eni)
+                    await self._start_delete(eni, ops)
                 else:
                     for ip in owned:
                         report.add("lost", f"{ip.owner}={ip.address}")
@@ -870,13 +991,13 @@ class IPAM:
                         report.add("errors", f"adopting {info.eni_id}: {exc.message}")
                 continue
             if self._ours(info) and info.status == _AVAILABLE and not info.instance_id:
-                await self._orphan(info, report)
+                await self._orphan(info, report, ops)
         gone = [e for e in self._orphans if e not in view or view[e].status != _AVAILABLE]
         for eni_id in gone:
             del self._orphans[eni_id]
             await self._store.acall(_db.set_orphan, self._store, eni_id, None)
 
-    async def _orphan(self, info: Any, report: _Report) -> None:
+    async def _orphan(self, info: Any, report: _Report, ops: trio.Nursery | None = None) -> None:
         now = self._now()
         first = self._orphans.get(info.eni_id)
         if first is None:
@@ -885,34 +1006,52 @@ class IPAM:
             report.add("orphans_marked", info.eni_id)
             log.warning("ipam.orphan.marked", eni_id=info.eni_id, grace=self._tuning.orphan_grace)
             return
-        if now - first < self._tuning.orphan_grace:
+        if now - first < self._tuning.orphan_grace or info.eni_id in self._orphans_deleting:
             return
+        if ops is not None:
+            self._orphans_deleting.add(info.eni_id)
+            ops.start_soon(self._delete_orphan, info.eni_id, None)
+        else:
+            await self._delete_orphan(info.eni_id, report)
+
+    async def _delete_orphan(self, eni_id: str, report: _Report | None) -> None:
+        """Detach and delete an orphan ENI (a cloud error is reported/logged; a later pass retries)."""
         try:
-            self._count_call("DeleteNetworkInterface")
-            await self._cloud.detach_and_delete_eni(info.eni_id, instance_id=self._node.instance_id)
-        except CloudError as exc:
-            report.add("errors", f"deleting orphan {info.eni_id}: {exc.message}")
-            return
-        del self._orphans[info.eni_id]
-        await self._store.acall(_db.set_orphan, self._store, info.eni_id, None)
-        report.add("orphans_deleted", info.eni_id)
-        _metrics.POOL_DISPOSED.labels(type="eni").inc()
-        log.warning("ipam.orphan.deleted", eni_id=info.eni_id)
+            try:
+                self._count_call("DeleteNetworkInterface")
+                await self._cloud.detach_and_delete_eni(eni_id, instance_id=self._node.instance_id)
+            except CloudError as exc:
+                if report is not None:
+                    report.add("errors", f"deleting orphan {eni_id}: {exc.message}")
+                log.warning("ipam.orphan.delete_failed", eni_id=eni_id, error=exc.message, code=exc.code)
+                return
+            self._orphans.pop(eni_id, None)
+            with trio.CancelScope(shield=True):
+                await self._store.acall(_db.set_orphan, self._store, eni_id, None)
+            if report is not None:
+                report.add("orphans_deleted", eni_id)
+            _metrics.POOL_DISPOSED.labels(type="eni").inc()
+            log.warning("ipam.orphan.deleted", eni_id=eni_id)
+        finally:
+            self._orphans_deleting.discard(eni_id)
 
     async def _sync_ips(self, eni: Eni, info: Any, started: float, report: _Report) -> None:
         cloud = self._families(info)
         now = self._now()
         stale = [ip for ip in eni.ips.values() if ip.address not in cloud and ip.created_at < started]
-        for ip in stale:
-            if ip.owner is not None:
-                report.add("lost", f"{ip.owner}={ip.address}")
-                log.error("ipam.ip.lost", address=ip.address, owner=ip.owner, eni_id=eni.eni_id)
-            else:
-                report.add("dropped", ip.address)
         if stale:
-            await self._store.acall(_db.delete_ips, self._store, [ip.address for ip in stale])
             for ip in stale:
-                del eni.ips[ip.address]
+                if ip.owner is None:
+                    ip.state = "releasing"  # out of the pool *before* the await: nobody takes it meanwhile
+            # unowned rows are deleted; owned ones (the store decides) become tombstones
+            lost = await self._store.acall(
+                _db.drop_stale_ips, self._store, [ip.address for ip in stale], self._now()
+            )
+            for ip in stale:
+                eni.ips.pop(ip.address, None)
+                if ip.address not in lost:
+                    report.add("dropped", ip.address)
+            self._add_lost(lost, report)
         unknown = [a for a in cloud if a not in eni.ips]
         if unknown:
             rows = [
@@ -923,6 +1062,7 @@ class IPAM:
             for r in rows:
                 eni.ips[r.address] = r
                 report.add("adopted_ips", r.address)
+            self._apply_lost(rows)
             log.warning("ipam.ip.adopted", eni_id=eni.eni_id, ips=unknown)
         if info.device_index is not None and info.device_index != eni.device_index:
             eni.device_index = info.device_index
@@ -966,6 +1106,7 @@ class IPAM:
             eni.ips[a] = Ip(address=a, family=fam, eni_id=eni.eni_id, primary=primary, created_at=now)
         await self._store.acall(_db.insert_eni, self._store, eni.row(now))
         await self._store.acall(_db.add_ips, self._store, [ip.row() for ip in eni.ips.values()])
+        self._apply_lost(eni.ips.values())
         self._enis[eni.eni_id] = eni
         report.add("adopted_enis", eni.eni_id)
         for a in fams:
@@ -996,8 +1137,9 @@ class IPAM:
         for k, v in fields.items():
             if k != "updated_at":
                 setattr(eni, k, v)
-        eni.state = "ready"
         eni.ips = {ip.address: ip for ip in ips}
+        self._apply_lost(ips)
+        eni.state = "ready"
 
     # ------------------------------------------------------------------ ENI lifecycle
     async def _create_eni(self, vswitch_id: str, n4: int, n6: int) -> Eni:
@@ -1088,6 +1230,13 @@ class IPAM:
         eni.busy += 1
         eni.gen += 1
         try:
+            # the store decides, not the in-memory view: an ENI (or address) owned there is not deleted
+            try:
+                await self._store.acall(_db.mark_eni_releasing, self._store, eni.eni_id, self._now())
+            except _db.OwnershipConflict as exc:
+                log.error("ipam.eni.delete_refused", eni_id=eni.eni_id, error=str(exc))
+                await self._resync_eni(eni)
+                return
             self._count_call("DeleteNetworkInterface")
             await self._cloud.detach_and_delete_eni(eni.eni_id, instance_id=self._node.instance_id)
             with trio.CancelScope(shield=True):
@@ -1113,7 +1262,12 @@ class IPAM:
     async def _mark_retiring(self, eni: Eni) -> bool:
         """Mark an idle ENI ``releasing``, memory first, then the store (the
         maintenance pass deletes ``releasing`` ENIs it finds)."""
-        if eni.busy or eni.owner is not None or any(ip.owner is not None for ip in eni.ips.values()):
+        if (
+            eni.busy
+            or eni.owner is not None
+            or eni.quarantined()
+            or any(ip.owner is not None for ip in eni.ips.values())
+        ):
             return False
         now = self._now()
         before = {ip.address: ip.state for ip in eni.ips.values()}
@@ -1141,18 +1295,22 @@ class IPAM:
         eni.busy += 1
         eni.gen += 1
         try:
-            todo = [ip for ip in ips if ip.owner is None and not ip.primary and ip.eni_id == eni.eni_id]
-            fresh = [ip for ip in todo if ip.state != "releasing"]
-            if fresh:
-                for ip in fresh:
-                    ip.state = "releasing"
-                try:
-                    await self._store.acall(_db.mark_ips_releasing, self._store, [ip.address for ip in fresh])
-                except _db.OwnershipConflict as exc:
-                    for ip in fresh:
-                        ip.state = "ready"
-                    log.error("ipam.unassign.conflict", eni_id=eni.eni_id, error=str(exc))
-                    return
+            todo = [
+                ip
+                for ip in ips
+                if ip.owner is None and not ip.lost_for and not ip.primary and ip.eni_id == eni.eni_id
+            ]
+            if not todo:
+                return
+            for ip in todo:
+                ip.state = "releasing"
+            # every time, retries included: the store (not this view) says whether they are free
+            try:
+                await self._store.acall(_db.mark_ips_releasing, self._store, [ip.address for ip in todo])
+            except _db.OwnershipConflict as exc:
+                log.error("ipam.unassign.conflict", eni_id=eni.eni_id, error=str(exc))
+                await self._resync_ips([ip.address for ip in todo])
+                return
             per_call = self._tuning.max_ips_per_call
             for family in (4, 6):
                 batch = [ip for ip in todo if ip.family == family]
@@ -1174,9 +1332,13 @@ class IPAM:
                         )
                         return
                     with trio.CancelScope(shield=True):
-                        await self._store.acall(_db.delete_ips, self._store, addresses)
+                        kept = await self._store.acall(_db.delete_ips, self._store, addresses)
                     for a in addresses:
-                        eni.ips.pop(a, None)
+                        if a not in kept:
+                            eni.ips.pop(a, None)
+                    if kept:  # cannot happen while marking is conditional; the rows win if it does
+                        log.error("ipam.unassign.row_owned", eni_id=eni.eni_id, ips=kept)
+                        await self._resync_ips(kept)
                     _metrics.POOL_DISPOSED.labels(type=f"ipv{family}").inc(len(addresses))
                     log.info("ipam.ip.released", eni_id=eni.eni_id, ips=addresses)
             eni.fail_count = 0
@@ -1200,8 +1362,6 @@ class IPAM:
         for v, st in self._vsw.snapshot().items():
             if st["aside_until"]:
                 out[f"vswitch:{v}"] = {"reason": st["reason"], "left": round(st["aside_until"] - now, 1)}
-        if not any(k.startswith("ip:") or k.startswith("vswitch:") for k in out):
-            _metrics.INHIBITED.labels(kind="ip").set(0)
         return out
 
     def snapshot(self) -> dict[str, Any]:
@@ -1229,6 +1389,7 @@ class IPAM:
             "last_error": self._last_error,
             "vswitches": self._vsw.snapshot(),
             "orphans": {k: round(now - v, 1) for k, v in self._orphans.items()},
+            "lost": {a: dict(t) for a, t in sorted(self._lost.items())},
             "stats": self.stats(),
             "enis": [
                 {

@@ -61,6 +61,11 @@ def render_pool(snap: dict[str, Any]) -> str:
         lines.append(f"vSwitch {v}: {avail} free{aside}")
     for eni_id, age in snap["orphans"].items():
         lines.append(f"orphan ENI {eni_id}: unattached, seen {age:.0f}s ago")
+    for address, tomb in snap.get("lost", {}).items():
+        lines.append(
+            f"lost address {address}: still used by {tomb.get('owner')} ({tomb.get('pod') or '?'}), "
+            f"gone from {tomb.get('eni_id')}; not handed out until that owner is released"
+        )
     lines.append("")
     lines.append(f"{'ENI':24} {'MAC':17} {'IDX':>3} {'STATE':9} {'VSWITCH':24} OWNER")
     for e in snap["enis"]:
@@ -82,6 +87,8 @@ def render_pool(snap: dict[str, Any]) -> str:
                 note.append(f"cooldown {ip['cooldown_left']:.0f}s")
             if ip["hold_for"]:
                 note.append(f"held for {ip['hold_for']} {ip['hold_left']:.0f}s")
+            if ip.get("lost_for"):
+                note.append(f"quarantined: lost by {ip['lost_for']}")
             who = ip["owner"] or "idle"
             if ip["pod"]:
                 who += f" ({ip['pod']})"

@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
+#: a take the store refuses is retried this often (with the view rebuilt from the store) per call
+_TAKE_ATTEMPTS = 3
+
 
 class ExclusivePool(IPAM):
     """Whole ENIs (see :class:`terway_agent.ipam.IPAM` for the API)."""
@@ -38,7 +41,7 @@ class ExclusivePool(IPAM):
         return eni.released_at is not None and now - eni.released_at < self.conf.ip_reuse_cooldown
 
     def _idle(self) -> list[Eni]:
-        return [e for e in self._ready_enis() if e.owner is None and not e.busy]
+        return [e for e in self._ready_enis() if e.owner is None and not e.busy and not e.quarantined()]
 
     def _usable_slots(self, now: float) -> int:
         return sum(1 for e in self._idle() if not self._cooling(e, now))
@@ -80,48 +83,71 @@ class ExclusivePool(IPAM):
         pod_key = pod.key
 
         async def take() -> EniLease | None:
-            eni = self._owned_eni(owner)
-            if eni is not None:
-                return self._lease_of(eni)
-            now = self._now()
-            cands = [e for e in self._idle() if not self._cooling(e, now)]
-            if self.need6:
-                cands = [e for e in cands if e.family(6)]
-            if not cands:
-                return None
-            cands.sort(key=lambda e: (e.released_at is not None, e.released_at or 0.0, e.device_index or 0))
-            eni = cands[0]
-            eni.owner, eni.pod = owner, pod_key
-            for ip in eni.ips.values():
-                ip.owner, ip.pod = owner, pod_key
-            self._unwait(owner)
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._store.acall(_db.take_eni, self._store, eni.eni_id, owner, pod_key, now)
-            except _db.OwnershipConflict as exc:
-                eni.owner, eni.pod = None, ""
-                for ip in eni.ips.values():
-                    ip.owner, ip.pod = None, ""
-                eni.state = "releasing"
-                log.error("ipam.allocate.conflict", owner=owner, error=str(exc))
-                raise TemporaryError(f"the pool's view disagreed with the store ({exc}); try again") from None
-            except BaseException:
-                eni.owner, eni.pod = None, ""
-                for ip in eni.ips.values():
-                    ip.owner, ip.pod = None, ""
-                raise
-            eni.assigned_at = now
-            for ip in eni.ips.values():
-                ip.assigned_at = now
-            self._reindex()
-            self._update_gauges()
-            log.info("ipam.eni.allocated", owner=owner, pod=pod_key, eni_id=eni.eni_id, mac=eni.mac)
-            return self._lease_of(eni)
+            for _attempt in range(_TAKE_ATTEMPTS):
+                eni = self._owned_eni(owner)
+                if eni is not None:
+                    return self._lease_of(eni)
+                now = self._now()
+                cands = [e for e in self._idle() if not self._cooling(e, now)]
+                if self.need6:
+                    cands = [e for e in cands if e.family(6)]
+                if not cands:
+                    return None
+                cands.sort(
+                    key=lambda e: (e.released_at is not None, e.released_at or 0.0, e.device_index or 0)
+                )
+                eni = cands[0]
+                if await self._commit_take(eni, owner, pod_key, now):
+                    return self._taken(eni, owner, pod_key, now)
+            raise TemporaryError(
+                f"the pool's view disagreed with the store {_TAKE_ATTEMPTS} times in a row; try again"
+            )
 
         lease = await self._acquire(owner, take)
         if self._usable_slots(self._now()) + self._promised < self.conf.min_pool_size:
             self._kick()
         return lease
+
+    async def _commit_take(self, eni: Eni, owner: str, pod_key: str, now: float) -> bool:
+        """Commit ``owner``'s take of ``eni``; ``False`` when the store refused (the ENI's view
+        is then rebuilt from its rows: they win)."""
+        eni.owner, eni.pod = owner, pod_key  # reserved in memory before the commit
+        for ip in eni.ips.values():
+            ip.owner, ip.pod = owner, pod_key
+        self._unwait(owner)
+
+        def revert() -> None:
+            if eni.owner == owner:
+                eni.owner, eni.pod = None, ""
+            for ip in eni.ips.values():
+                if ip.owner == owner:
+                    ip.owner, ip.pod = None, ""
+
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.acall(_db.take_eni, self._store, eni.eni_id, owner, pod_key, now)
+        except _db.OwnershipConflict as exc:
+            log.error("ipam.allocate.conflict", owner=owner, eni_id=eni.eni_id, error=str(exc))
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._resync_eni(eni)
+            except BaseException:
+                revert()
+                raise
+            return False
+        except BaseException:
+            revert()
+            raise
+        return True
+
+    def _taken(self, eni: Eni, owner: str, pod_key: str, now: float) -> EniLease:
+        eni.assigned_at = now
+        for ip in eni.ips.values():
+            ip.assigned_at = now
+        self._reindex()
+        self._update_gauges()
+        log.info("ipam.eni.allocated", owner=owner, pod=pod_key, eni_id=eni.eni_id, mac=eni.mac)
+        return self._lease_of(eni)
 
     async def release_eni(self, owner: str, *, discard: bool = False) -> None:
         """Give ``owner``'s ENI back to the pool; with ``discard`` it is detached and
@@ -129,11 +155,21 @@ class ExclusivePool(IPAM):
         _owner_ok(owner)
         await self._ensure_loaded()
         eni = self._owned_eni(owner)
+        lost = self._lost_of(owner)
         if eni is None:
+            if lost:  # its ENI vanished: only the tombstones are left
+                now = self._now()
+                with trio.CancelScope(shield=True):
+                    await self._store.acall(_db.release_eni_owner, self._store, owner, now)
+                self._clear_lost(lost, now)
+                log.warning("ipam.ip.tombstones_released", owner=owner, ips=lost)
+                self._update_gauges()
+                self._notify()
             return
         now = self._now()
         with trio.CancelScope(shield=True):
             await self._store.acall(_db.release_eni_owner, self._store, owner, now)
+            self._clear_lost(lost, now)
             eni.owner, eni.pod, eni.released_at = None, "", now
             for ip in eni.ips.values():
                 ip.owner, ip.pod, ip.released_at = None, "", now
@@ -235,3 +271,4 @@ class ExclusivePool(IPAM):
         _metrics.POOL_ALLOCATED.labels(type="eni").set(sum(1 for e in ready if e.owner is not None))
         insufficient, _ = self.insufficient()
         _metrics.INSUFFICIENT.set(1 if insufficient else 0)
+        self._update_inhibit_gauges()

@@ -24,6 +24,10 @@ class Ip:
     hold_for: str = ""
     hold_until: float | None = None
     created_at: float = 0.0
+    #: the owner of a tombstone on this address (memory only, from the store's tombstones):
+    #: the address came back to one of our ENIs while the pod that lost it still uses it;
+    #: it is never handed out, released or counted as idle until that owner is released
+    lost_for: str = ""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Ip:
@@ -64,14 +68,14 @@ class Ip:
 
     def idle(self, now: float) -> bool:
         """Free and in the pool: ready, unowned, not held (may be cooling down)."""
-        return self.owner is None and self.state == "ready" and not self.held(now)
+        return self.owner is None and self.state == "ready" and not self.lost_for and not self.held(now)
 
     def cooling(self, now: float, cooldown: float) -> bool:
         return self.released_at is not None and now - self.released_at < cooldown
 
     def usable_by(self, pod: str, now: float, cooldown: float) -> bool:
         """Can be handed to ``pod`` now (a hold for ``pod`` itself skips the cooldown)."""
-        if self.owner is not None or self.state != "ready":
+        if self.owner is not None or self.state != "ready" or self.lost_for:
             return False
         if self.held(now):
             return self.hold_for == pod
@@ -99,6 +103,7 @@ class Ip:
             else 0.0,
             "hold_for": self.hold_for if self.held(now) else None,
             "hold_left": round(self.hold_until - now, 3) if self.held(now) and self.hold_until else 0.0,
+            "lost_for": self.lost_for or None,
         }
 
 
@@ -200,6 +205,10 @@ class Eni:
 
     def owned_count(self) -> int:
         return sum(1 for ip in self.ips.values() if ip.owner is not None)
+
+    def quarantined(self) -> bool:
+        """One of its addresses is tombstoned for a pod that lost it (see :attr:`Ip.lost_for`)."""
+        return any(ip.lost_for for ip in self.ips.values())
 
     def ip_inhibited(self, now: float) -> bool:
         return self.ip_inhibit_until > now

@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
+#: a take the store refuses is retried this often (with the view rebuilt from the store) per call
+_TAKE_ATTEMPTS = 3
+
 
 class SharedPool(IPAM):
     """Secondary IPs of shared ENIs (see :class:`terway_agent.ipam.IPAM` for the API)."""
@@ -79,6 +82,7 @@ class SharedPool(IPAM):
             for ip in e.ips.values()
             if ip.owner is None
             and ip.state == "ready"
+            and not ip.lost_for
             and ip.family in self._families_needed()
             and not ip.usable_by("", now, cooldown)
         ]
@@ -176,70 +180,95 @@ class SharedPool(IPAM):
         pod_key = pod.key
 
         async def take() -> IPLease | None:
-            lease = self._lease_now(owner)
-            if lease is not None:
-                return lease
-            pick = self._pick(pod_key, sticky)
-            if pick is None:
-                return None
-            eni, chosen = pick
-            now = self._now()
-            for ip in chosen:  # reserve in memory before the commit: no other task picks them
-                ip.owner, ip.pod = owner, pod_key
-            self._unwait(owner)
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._store.acall(
-                        _db.take_ips, self._store, [ip.address for ip in chosen], owner, pod_key, now
-                    )
-            except _db.OwnershipConflict as exc:
-                for ip in chosen:
-                    ip.owner, ip.pod = None, ""
-                    ip.state = "releasing"  # out of the pool until the sync pass looks at it
-                log.error("ipam.allocate.conflict", owner=owner, error=str(exc))
-                raise TemporaryError(f"the pool's view disagreed with the store ({exc}); try again") from None
-            except BaseException:
-                for ip in chosen:
-                    ip.owner, ip.pod = None, ""
-                raise
-            for ip in chosen:
-                ip.assigned_at = now
-                ip.hold_for, ip.hold_until = "", None
-            self._by_owner[owner] = list(chosen)
-            self._update_gauges()
-            lease = IPLease(
-                owner=owner,
-                ipv4=next((ip.address for ip in chosen if ip.family == 4), None),
-                ipv6=next((ip.address for ip in chosen if ip.family == 6), None),
-                eni=eni.ref(),
+            for _attempt in range(_TAKE_ATTEMPTS):
+                lease = self._lease_now(owner)
+                if lease is not None:
+                    return lease
+                pick = self._pick(pod_key, sticky)
+                if pick is None:
+                    return None
+                eni, chosen = pick
+                if await self._commit_take(owner, pod_key, chosen):
+                    return self._taken(owner, pod_key, eni, chosen)
+            raise TemporaryError(
+                f"the pool's view disagreed with the store {_TAKE_ATTEMPTS} times in a row; try again"
             )
-            log.info(
-                "ipam.ip.allocated",
-                owner=owner,
-                pod=pod_key,
-                ipv4=lease.ipv4,
-                ipv6=lease.ipv6,
-                eni_id=eni.eni_id,
-            )
-            return lease
 
         lease = await self._acquire(owner, take)
         if self._usable_slots(self._now()) + self._promised < self.conf.min_pool_size:
             self._kick()
         return lease
 
+    async def _commit_take(self, owner: str, pod_key: str, chosen: list[Ip]) -> bool:
+        """Commit ``owner``'s take of ``chosen``; ``False`` when the store refused (the view
+        of those addresses is then rebuilt from the store's rows: they win)."""
+        now = self._now()
+        for ip in chosen:  # reserve in memory before the commit: no other task picks them
+            ip.owner, ip.pod = owner, pod_key
+        self._unwait(owner)
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.acall(
+                    _db.take_ips, self._store, [ip.address for ip in chosen], owner, pod_key, now
+                )
+        except _db.OwnershipConflict as exc:
+            log.error("ipam.allocate.conflict", owner=owner, error=str(exc))
+            try:
+                # still reserved for `owner` in memory while the rows are read: nobody picks them
+                with trio.CancelScope(shield=True):
+                    await self._resync_ips([ip.address for ip in chosen])
+            except BaseException:
+                for ip in chosen:
+                    if ip.owner == owner:
+                        ip.owner, ip.pod = None, ""
+                raise
+            return False
+        except BaseException:
+            for ip in chosen:
+                ip.owner, ip.pod = None, ""
+            self._reindex()
+            raise
+        for ip in chosen:
+            ip.assigned_at = now
+        return True
+
+    def _taken(self, owner: str, pod_key: str, eni: Eni, chosen: list[Ip]) -> IPLease:
+        for ip in chosen:
+            ip.hold_for, ip.hold_until = "", None
+        self._by_owner[owner] = list(chosen)
+        self._update_gauges()
+        lease = IPLease(
+            owner=owner,
+            ipv4=next((ip.address for ip in chosen if ip.family == 4), None),
+            ipv6=next((ip.address for ip in chosen if ip.family == 6), None),
+            eni=eni.ref(),
+        )
+        log.info(
+            "ipam.ip.allocated",
+            owner=owner,
+            pod=pod_key,
+            ipv4=lease.ipv4,
+            ipv6=lease.ipv6,
+            eni_id=eni.eni_id,
+        )
+        return lease
+
     async def release_ips(self, owner: str, *, hold: bool = False) -> None:
         _owner_ok(owner)
         await self._ensure_loaded()
-        ips = self._by_owner.get(owner)
-        if not ips:
+        ips = self._by_owner.get(owner) or []
+        lost = self._lost_of(owner)
+        if not ips and not lost:
             return
         now = self._now()
-        pod = ips[0].pod
+        pod = ips[0].pod if ips else ""
         hold_for = pod if hold and pod else ""
         hold_until = now + self.conf.stateful_ip_hold if hold_for else None
         with trio.CancelScope(shield=True):
             await self._store.acall(_db.release_ips, self._store, owner, now, hold_for, hold_until)
+        self._clear_lost(lost, now)
+        if lost:
+            log.warning("ipam.ip.tombstones_released", owner=owner, ips=lost)
         for ip in ips:
             ip.owner, ip.pod, ip.released_at = None, "", now
             ip.hold_for, ip.hold_until = hold_for, hold_until
@@ -382,6 +411,7 @@ class SharedPool(IPAM):
                     await self._store.acall(_db.add_ips, self._store, [r.row() for r in rows])
                 for r in rows:
                     eni.ips[r.address] = r
+                self._apply_lost(rows)
                 self._vsw.took(eni.vswitch_id, len(got.get(4, ())))
                 log.info("ipam.ip.assigned", eni_id=eni.eni_id, ips=[r.address for r in rows])
             for exc in errors:
@@ -515,3 +545,4 @@ class SharedPool(IPAM):
             _metrics.POOL_ALLOCATED.labels(type=label).set(sum(1 for ip in ips if ip.owner is not None))
         insufficient, _ = self.insufficient()
         _metrics.INSUFFICIENT.set(1 if insufficient else 0)
+        self._update_inhibit_gauges()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from terway_agent.cloud.errors import CloudError
+from terway_agent.cloud.errors import CloudError, CloudNotFound
 from terway_agent.log import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +30,9 @@ class _Cached:
 
 class VSwitchPicker:
     """Chooses the vSwitch of each new ENI.
+
+    The cache is filled with one DescribeVSwitches per candidate (the API's
+    ``VSwitchId`` is a single id).
 
     Candidates: ``eni_conf.vswitches[<node zone>]`` in the configured order, or
     the node's own vSwitch when none is configured for the zone.  Policies:
@@ -112,11 +115,19 @@ class VSwitchPicker:
         now = self._clock()
         if self._cached_at is not None and self._cached_for == ids and now - self._cached_at < self._ttl:
             return
-        try:
-            found = await self._cloud.describe_vswitches(vswitch_id=",".join(ids)) if ids else []
-        except CloudError as exc:
-            log.warning("ipam.vswitch.describe_failed", error=exc.message, code=exc.code)
-            return
+        # DescribeVSwitches takes one VSwitchId (as the original, one call per candidate; the
+        # client's token bucket paces them)
+        found = []
+        for vsw_id in ids:
+            try:
+                found.extend(await self._cloud.describe_vswitches(vswitch_id=vsw_id))
+            except CloudNotFound:
+                continue  # reported below as unknown
+            except CloudError as exc:
+                log.warning(
+                    "ipam.vswitch.describe_failed", vswitch_id=vsw_id, error=exc.message, code=exc.code
+                )
+                return
         cache = {}
         for v in found:
             if v.id in ids:

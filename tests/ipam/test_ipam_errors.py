@@ -254,3 +254,44 @@ async def test_metadata_that_never_shows_the_eni_rolls_back(make_pool, cloud) ->
     cloud.admin.configure(metadata_delay=0)
     await pool.settle()
     await pool.assert_consistent()  # every ENI the attempts made is gone again
+
+
+def _inhibited(kind: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("terway_ipam_inhibited", {"kind": kind})
+
+
+async def test_the_inhibited_metric_clears_when_the_inhibits_expire(make_pool, cloud) -> None:
+    pool = await make_pool(
+        vswitches={ZONE: (VSW_A, VSW_B)}, max_pool_size=0, tuning=tuning(eni_inhibit=0.5, ip_inhibit=0.5)
+    )
+    cloud.admin.add_fault(
+        "CreateNetworkInterface", "error", code="InvalidVSwitchId.IpNotEnough", status=403, times=1
+    )
+    cloud.admin.add_fault(
+        "AttachNetworkInterface", "error", code="EniPerInstanceLimitExceeded", status=403, times=1
+    )
+    # A answers IpNotEnough (set aside), B's ENI cannot be attached (no new ENI for a while)
+    with trio.fail_after(10), pytest.raises(AllocationInhibited):
+        await pool.ipam.allocate_ips("m/eth0", pod("m"))
+    assert (_inhibited("ip"), _inhibited("eni")) == (1.0, 1.0)
+    # nobody asks for a snapshot: the pool's own gauge updates clear both once they expire
+    with trio.fail_after(5):
+        while (_inhibited("ip"), _inhibited("eni")) != (0.0, 0.0):  # noqa: ASYNC110 - a metric emits no event
+            await trio.sleep(0.05)
+    await pool.settle()
+
+
+async def test_vswitches_are_described_one_by_one(make_pool, cloud) -> None:
+    pool = await make_pool(vswitches={ZONE: (VSW_A, VSW_B)}, vswitch_selection_policy="most", max_pool_size=0)
+    cloud.admin.reset_calls()
+    lease = await pool.ipam.allocate_ips("v/eth0", pod("v"))
+    assert lease.eni.vswitch_id in (VSW_A, VSW_B)
+    # DescribeVSwitches takes one VSwitchId: one call per candidate, both cached
+    assert cloud.admin.call_count("DescribeVSwitches") == 2
+    assert cloud.admin.results()["DescribeVSwitches"] == {"OK": 2}
+    vsw = pool.ipam.snapshot()["vswitches"]
+    assert vsw[VSW_A]["available"] is not None and vsw[VSW_B]["available"] is not None
+    await pool.settle()
+    await pool.assert_consistent()

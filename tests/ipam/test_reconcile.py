@@ -4,19 +4,37 @@ cloud is brought back into agreement by reconcile and the periodic GC."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import time
 
+import pytest
 import trio
+from alibabacloud_ecs20140526 import models as ecs_models
+from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.utils_models import Config
 from twipam_helpers import FAST_TUNING
-from twipam_topology import NODE, SG, VSW_A
+from twipam_topology import ACCESS_KEY, NODE, REGION, SG, VSW_A, VSW_TINY, ZONE
 
-from terway_agent.ipam import TAG_INSTANCE, _db
+from terway_agent.ipam import TAG_INSTANCE, VSwitchesExhausted, _db
 from terway_agent.ipam._mapping import mapping_report
 from terway_agent.types import PodRef
 
 
 def pod(name: str) -> PodRef:
     return PodRef("default", name)
+
+
+def sdk(cloud) -> Client:
+    """A plain SDK client (no creator tag): ENIs made with it are not the pool's."""
+    return Client(
+        Config(
+            access_key_id=ACCESS_KEY[0],
+            access_key_secret=ACCESS_KEY[1],
+            endpoint=cloud.emulator.endpoint,
+            protocol="http",
+            region_id=REGION,
+        )
+    )
 
 
 async def test_restart_keeps_live_owners_and_frees_dead_ones(make_pool, tmp_path) -> None:
@@ -145,15 +163,84 @@ async def test_half_released_addresses_and_enis_are_finished(make_pool, cloud, t
     await pool2.assert_consistent()
 
 
-async def test_an_eni_deleted_behind_our_back_is_dropped(make_pool) -> None:
-    pool = await make_pool(max_pool_size=0)
+async def test_an_eni_deleted_behind_our_back_leaves_tombstones(make_pool, cloud) -> None:
+    pool = await make_pool(
+        vswitches={ZONE: (VSW_TINY,)},
+        max_pool_size=0,
+        tuning=dataclasses.replace(FAST_TUNING, ip_inhibit=30.0),
+    )
     lease = await pool.ipam.allocate_ips("gone/eth0", pod("gone"))
+    await pool.settle()
     await pool.client.detach_and_delete_eni(lease.eni.eni_id)
     report = await pool.ipam.reconcile({"gone/eth0"})
     assert report.dropped == (lease.eni.eni_id,)
     assert report.lost == (f"gone/eth0={lease.ipv4}",)
     assert await pool.ipam.lease_of("gone/eth0") is None
+    # the pod still uses the address: a tombstone keeps it until the owner is released
+    assert pool.ipam.snapshot()["lost"][lease.ipv4]["owner"] == "gone/eth0"
+    assert (await pool.store.acall(_db.load_lost, pool.store))[lease.ipv4]["owner"] == "gone/eth0"
     await pool.assert_consistent()
+    # fill the tiny vSwitch (4 usable addresses) so that the lost address is the only free one
+    others = [str(a) for a in ipaddress.ip_network("10.30.0.0/29").hosts() if str(a) != lease.ipv4][:3]
+    assert len(others) == 3 and all(a.split(".")[-1] in "1234" for a in others)
+    await trio.to_thread.run_sync(
+        lambda: sdk(cloud).create_network_interface(
+            ecs_models.CreateNetworkInterfaceRequest(
+                region_id=REGION,
+                v_switch_id=VSW_TINY,
+                security_group_id=SG,
+                primary_ip_address=others[0],
+                private_ip_address=others[1:],
+            )
+        )
+    )
+    # the pool's next ENI gets it from the cloud as its primary: it is not handed out
+    with trio.fail_after(10), pytest.raises(VSwitchesExhausted):
+        await pool.ipam.allocate_ips("next/eth0", pod("next"))
+    [eni] = pool.ipam._enis.values()
+    assert eni.primary_ip == lease.ipv4
+    assert eni.ips[lease.ipv4].lost_for == "gone/eth0" and eni.ips[lease.ipv4].owner is None
+    assert await pool.ipam.lease_of("next/eth0") is None
+    await pool.assert_consistent()
+    # the owner is released: the address serves again
+    await pool.ipam.release_ips("gone/eth0")
+    assert pool.ipam.snapshot()["lost"] == {}
+    assert await pool.store.acall(_db.load_lost, pool.store) == {}
+    again = await pool.ipam.allocate_ips("next/eth0", pod("next"))
+    assert again.ipv4 == lease.ipv4
+    await pool.assert_consistent()
+
+
+async def test_a_lost_address_back_on_our_eni_is_not_handed_out(make_pool) -> None:
+    pool = await make_pool(max_pool_size=0)
+    leases = {o: await pool.ipam.allocate_ips(o, pod(o[0])) for o in ("a/eth0", "b/eth0")}
+    await pool.settle()
+    eni_id = leases["a/eth0"].eni.eni_id
+    eni = pool.ipam._enis[eni_id]
+    owner, lost = next((o, lz.ipv4) for o, lz in leases.items() if lz.ipv4 != eni.primary_ip)
+    await pool.client.unassign_private_ip_addresses(eni_id, [lost])  # the cloud "loses" it
+    report = await pool.ipam.reconcile(set(leases))
+    assert report.lost == (f"{owner}={lost}",) and report.dropped == ()
+    assert lost not in eni.ips and pool.ipam.snapshot()["lost"][lost]["owner"] == owner
+    # it comes back to our ENI: adopted, but quarantined for the pod that lost it
+    await pool.client.assign_private_ip_addresses(eni_id, ips=[lost])
+    report = await pool.ipam.reconcile(set(leases))
+    assert report.adopted_ips == (lost,)
+    assert eni.ips[lost].lost_for == owner and eni.ips[lost].owner is None
+    before = (await pool.calls()).get("AssignPrivateIpAddresses", 0)
+    c = await pool.ipam.allocate_ips("c/eth0", pod("c"))
+    assert c.ipv4 != lost, "a tombstoned address was handed to a second pod"
+    assert (await pool.calls()).get("AssignPrivateIpAddresses", 0) == before + 1  # the pool grew instead
+    # nor is it given back as excess (max_pool_size 0) while the tombstone lives
+    pool.ipam._kick_maint()
+    await trio.sleep(0.5)
+    await pool.settle()
+    cloud_eni = next(e for e in await pool.cloud_enis() if e["id"] == eni_id)
+    assert lost in cloud_eni["secondary_ips"]
+    await pool.assert_consistent()
+    await pool.ipam.release_ips(owner)
+    d = await pool.ipam.allocate_ips("d/eth0", pod("d"))
+    assert d.ipv4 == lost
 
 
 async def test_periodic_gc_frees_owners_without_attachment(make_pool) -> None:

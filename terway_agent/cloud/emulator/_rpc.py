@@ -577,14 +577,17 @@ def describe_instance_types(state: CloudState, p: Params) -> dict[str, Any]:
 
 def _vswitches_matching(state: CloudState, p: Params) -> list[VSwitch]:
     vpc = p.str("VpcId")
-    ids = set(filter(None, (p.str("VSwitchId") or "").split(",")))
+    vsw_id = p.str("VSwitchId")
+    if vsw_id and "," in vsw_id:
+        # VSwitchId is one id: the real API looks up "a,b" as a single (unknown) vSwitch
+        raise ApiError("InvalidVSwitchId.NotFound", f"The specified VSwitchId {vsw_id} does not exist.", 404)
     zone = p.str("ZoneId")
     is_default = p.bool("IsDefault")
     out = []
     for vs in state.vswitches.values():
         if vpc and vs.vpc_id != vpc:
             continue
-        if ids and vs.id not in ids:
+        if vsw_id and vs.id != vsw_id:
             continue
         if zone and vs.zone != zone:
             continue

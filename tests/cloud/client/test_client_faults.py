@@ -65,6 +65,24 @@ async def test_throttling_exhausts_into_a_temporary_error(emulator: Any, make_cl
     assert emulator.admin.call_count("DescribeVSwitches") == 6  # the default policy's 6 attempts
 
 
+async def test_retry_after_on_a_non_throttling_error_is_not_retried(
+    emulator: Any, make_client: MakeClient
+) -> None:
+    # the SDK raises its ThrottlingException for any error answer with x-acs-retry-after:
+    # the code decides, and InvalidParameter is not retried
+    client = make_client()
+    emulator.admin.add_fault(
+        "DescribeVSwitches", kind="error", status=400, code="InvalidParameter", retry_after=30
+    )
+    with pytest.raises(E.CloudInvalidParameter) as info:
+        await client.describe_vswitches()
+    err = info.value
+    assert not isinstance(err, E.CloudThrottled) and not err.retryable
+    assert err.code == "InvalidParameter"
+    assert err.retry_after == pytest.approx(0.03)  # still carried
+    assert emulator.admin.call_count("DescribeVSwitches") == 1
+
+
 # --- server errors, hangs, connection errors ----------------------------------------------------
 @pytest.mark.parametrize(
     ("status", "code"), [(500, "InternalError"), (503, "ServiceUnavailable"), (502, "BadGateway")]

@@ -232,3 +232,32 @@ def test_errors_are_the_same_with_both_signature_versions(emulator, signature_al
     c = emulator.ecs_client(**overrides)
     err = api_error(lambda: attach(c, emulator, "eni-nope", emulator.node1))
     _check(err, "InvalidEniId.NotFound", 404)
+
+
+def test_describe_vswitches_takes_one_vswitch_id(emulator):
+    # VSwitchId is a single id: "a,b" is looked up as one vSwitch that does not exist
+    c = emulator.ecs_client()
+    both = f"{emulator.vsw_pod_a},{emulator.vsw_pod_b}"
+    err = api_error(
+        lambda: c.describe_vswitches(
+            m.DescribeVSwitchesRequest(region_id=emulator.region_id, v_switch_id=both)
+        )
+    )
+    _check(err, "InvalidVSwitchId.NotFound", 404)
+    assert both in err.data["Message"]
+    # the VPC API version as well
+    err = api_error(
+        lambda: call_rpc(
+            c,
+            "DescribeVSwitches",
+            {"RegionId": emulator.region_id, "VSwitchId": both},
+            version="2016-04-28",
+            protocol="HTTPS",
+        )
+    )
+    _check(err, "InvalidVSwitchId.NotFound", 404)
+    # one id still works
+    [vs] = c.describe_vswitches(
+        m.DescribeVSwitchesRequest(region_id=emulator.region_id, v_switch_id=emulator.vsw_pod_b)
+    ).body.v_switches.v_switch
+    assert vs.v_switch_id == emulator.vsw_pod_b
