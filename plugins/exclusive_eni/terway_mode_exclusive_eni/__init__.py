@@ -7,6 +7,7 @@ docs/modes/exclusive_eni.md.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -153,12 +154,38 @@ async def _home_name(ctx: ModeContext, mac: str, pod_netns: str) -> tuple[str, i
     return "eni" + mac.replace(":", "")[-10:], mtu
 
 
+def _node_ip6s(primary_mac: str) -> list[str]:
+    """The global IPv6 addresses of the node's primary NIC (found by MAC), as
+    the kernel holds them: the node's IPv6 address is not in its metadata-based
+    :class:`NodeInfo`.  Empty when the NIC or an address is not there."""
+    from pyroute2 import IPRoute
+
+    try:
+        link = dp.find_link_by_mac(primary_mac, timeout=0)
+    except (NotFound, DatapathError):
+        return []
+    with IPRoute() as ipr:
+        addrs = ipr.get_addr(family=socket.AF_INET6, index=link.index)
+    return sorted({str(a.get_attr("IFA_ADDRESS")) for a in addrs if a["scope"] == 0})
+
+
+async def _node_ip6(ctx: ModeContext, allocation: Allocation) -> list[str]:
+    if allocation.ipv6 is None or ctx.config.netconf.disable_host_peer or not ctx.node.primary_mac:
+        return []
+    return await ctx.run_sync(_node_ip6s, ctx.node.primary_mac)
+
+
 def _stages(
-    ctx: ModeContext, request: PodRequest, allocation: Allocation, home_name: str, eni_mtu: int | None
+    ctx: ModeContext,
+    request: PodRequest,
+    allocation: Allocation,
+    home_name: str,
+    eni_mtu: int | None,
+    node_ip6s: Sequence[str] = (),
 ) -> tuple[tuple[str, dp.Plan], ...]:
     netconf = ctx.config.netconf
     host_veth = _plan.host_veth_name(request.pod.namespace, request.pod.name)
-    peer = [*allocation.service_cidrs, *netconf.host_stack_cidrs]
+    peer = [*allocation.service_cidrs, *netconf.host_stack_cidrs, *(f"{ip}/128" for ip in node_ip6s)]
     if ctx.node.primary_ip:
         peer.append(f"{ctx.node.primary_ip}/32")
     return _plan.pod_stages(
@@ -191,14 +218,14 @@ def _whole(stages: tuple[tuple[str, dp.Plan], ...]) -> dp.Plan:
 async def _build(
     ctx: ModeContext, request: PodRequest, allocation: Allocation, home_name: str, eni_mtu: int | None
 ) -> dp.Plan:
-    return _whole(_stages(ctx, request, allocation, home_name, eni_mtu))
+    return _whole(_stages(ctx, request, allocation, home_name, eni_mtu, await _node_ip6(ctx, allocation)))
 
 
 @hookimpl
 async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> LinkResult:
     home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns)
     _crash_point("home_stored")
-    stages = _stages(ctx, request, allocation, home, eni_mtu)
+    stages = _stages(ctx, request, allocation, home, eni_mtu, await _node_ip6(ctx, allocation))
     plan = _whole(stages)
     global _masquerade_ensured
     if not ctx.config.netconf.disable_host_peer and not _masquerade_ensured:
