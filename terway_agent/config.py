@@ -553,6 +553,9 @@ class Settings:
     shutdown_grace: float = 20.0
     cloud: CloudEndpoint | None = None
     kubeconfig: str = ""
+    #: in-cluster (``kubeconfig`` empty): the directory of the service account's ``token`` and
+    #: ``ca.crt``; empty = /var/run/secrets/kubernetes.io/serviceaccount
+    kube_serviceaccount_dir: str = ""
     use_kubernetes: bool = False
     #: free-form configuration per plugin name, handed to the plugin as ``ctx.plugin_config``
     plugin_config: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -614,6 +617,7 @@ _SETTINGS_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "shutdown_grace": _float(0, 600),
     "cloud": _cloud,
     "kubeconfig": _str,
+    "kube_serviceaccount_dir": _str,
     "use_kubernetes": _bool,
     "plugin_config": lambda n, v: {k: dict(_mapping(f"{n}.{k}", x)) for k, x in _mapping(n, v).items()},
 }

@@ -233,7 +233,11 @@ async def open_kubernetes(settings: Settings) -> AsyncIterator[Kubernetes]:
     """
     tuning = Tuning.from_mapping(settings.plugin_config.get("kubernetes"))
     node_name = settings.node_name or socket.gethostname()
-    api_client = load_api_client(settings.kubeconfig)
+    api_client = load_api_client(
+        settings.kubeconfig,
+        serviceaccount_dir=settings.kube_serviceaccount_dir,
+        token_refresh_interval=tuning.token_refresh_interval,
+    )
     kube = Kube(api_client, tuning)
     k = Kubernetes(settings, kube, node_name)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -29,8 +30,9 @@ from terway_agent.log import get_logger
 
 log = get_logger(__name__)
 
-#: Where a pod's service-account token lives (in-cluster configuration).
-SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#: Where a pod's service account is mounted (in-cluster configuration): ``token`` and
+#: ``ca.crt``; settings ``kube_serviceaccount_dir`` overrides it.
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 USER_AGENT = "terway-agent"
 
@@ -167,6 +169,8 @@ class Tuning:
     check_permissions: bool = True
     #: pending events beyond this are dropped (counted in terway_k8s_events_dropped_total).
     event_queue: int = 1000
+    #: in-cluster: the service-account token file is re-read this often (the kubelet rotates it).
+    token_refresh_interval: float = 60.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> Tuning:
@@ -238,14 +242,23 @@ class TokenBucket:
 # ---------------------------------------------------------------------------
 
 
-def load_api_client(kubeconfig: str, *, pool_size: int = 16) -> Any:
+def load_api_client(
+    kubeconfig: str,
+    *,
+    pool_size: int = 16,
+    serviceaccount_dir: str = "",
+    token_refresh_interval: float = 60.0,
+) -> Any:
     """A ``kubernetes.client.ApiClient`` from ``kubeconfig`` or, if empty, the pod's
-    in-cluster service account (the token is re-read when it rotates)."""
+    in-cluster service account: ``KUBERNETES_SERVICE_HOST``/``PORT`` and the ``token``
+    and ``ca.crt`` in ``serviceaccount_dir`` (default :data:`SA_DIR`).  The token file is
+    re-read every ``token_refresh_interval`` seconds (the kubelet rotates it)."""
     from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
 
     conf = client.Configuration()
     if kubeconfig:
+        from kubernetes.config.config_exception import ConfigException
+
         if not os.path.exists(kubeconfig):
             raise ConfigError("kubeconfig", kubeconfig, "an existing kubeconfig file")
         try:
@@ -253,20 +266,123 @@ def load_api_client(kubeconfig: str, *, pool_size: int = 16) -> Any:
         except (ConfigException, OSError, ValueError, TypeError) as exc:
             raise ConfigError("kubeconfig", kubeconfig, f"a valid kubeconfig file ({exc})") from None
     else:
-        try:
-            config.load_incluster_config(client_configuration=conf)
-        except ConfigException as exc:
-            raise ConfigError(
-                "kubeconfig",
-                "",
-                "a kubeconfig path, or running in a pod with a service account "
-                f"(KUBERNETES_SERVICE_HOST/PORT and {SA_TOKEN_PATH}): {exc}",
-            ) from None
+        _load_incluster(conf, serviceaccount_dir or SA_DIR, token_refresh_interval)
     conf.connection_pool_maxsize = pool_size
     conf.retries = 0
     api = client.ApiClient(conf)
     api.user_agent = USER_AGENT
     return api
+
+
+_INCLUSTER_HINT = (
+    "kubeconfig is empty, so terway-agent authenticates as the pod's service account; "
+    "mount its token (automountServiceAccountToken), point settings kube_serviceaccount_dir at "
+    "the directory holding token and ca.crt, or set kubeconfig"
+)
+
+
+def _load_incluster(conf: Any, sa_dir: str, refresh: float) -> None:
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.incluster_config import (
+        SERVICE_HOST_ENV_NAME,
+        SERVICE_PORT_ENV_NAME,
+        InClusterConfigLoader,
+    )
+
+    host = os.environ.get(SERVICE_HOST_ENV_NAME, "")
+    port = os.environ.get(SERVICE_PORT_ENV_NAME, "")
+    if not host or not port:
+        raise ConfigError(
+            "kubeconfig",
+            "",
+            f"a kubeconfig path, or running in a pod ({SERVICE_HOST_ENV_NAME}/{SERVICE_PORT_ENV_NAME} "
+            f"are not set; {_INCLUSTER_HINT})",
+        )
+    token_path = os.path.join(sa_dir, "token")
+    ca_path = os.path.join(sa_dir, "ca.crt")
+    for what, path in (("service-account token", token_path), ("service-account CA certificate", ca_path)):
+        problem = _unreadable(path)
+        if problem:
+            raise ConfigError(
+                "kube_serviceaccount_dir",
+                path,
+                f"a readable {what}",
+                message=f"the in-cluster {what} {path} {problem} ({_INCLUSTER_HINT})",
+            )
+    # The client's own refresh re-reads every minute, fixed; ours has a configurable
+    # period, keeps the last good token if a read fails and logs a rotation.
+    loader = InClusterConfigLoader(token_filename=token_path, cert_filename=ca_path, try_refresh_token=False)
+    token = TokenFile(token_path, refresh)
+    try:
+        loader.load_and_set(conf)
+        token.refresh(conf, force=True)
+    except (ConfigException, OSError) as exc:
+        raise ConfigError(
+            "kube_serviceaccount_dir", sa_dir, f"a service-account directory ({exc}; {_INCLUSTER_HINT})"
+        ) from None
+    conf.refresh_api_key_hook = token.refresh
+    log.info("k8s.client.incluster", host=conf.host, path=token_path, ca=ca_path)
+
+
+def _unreadable(path: str) -> str:
+    """Why ``path`` cannot serve as a credential file, or "" if it can."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return "does not exist"
+    except IsADirectoryError:
+        return "is a directory"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return "" if data.strip() else "is empty"
+
+
+class TokenFile:
+    """A bearer token read from a file, re-read at most every ``interval`` seconds.
+
+    Installed as the client configuration's ``refresh_api_key_hook``, which the
+    kubernetes client calls (in the request's thread) before every request. A read
+    that fails keeps the last token: it may still be valid, and the API answers 401
+    if it is not.
+    """
+
+    def __init__(self, path: str, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self.token = ""
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self, conf: Any, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        with self._lock:
+            if not force and now < self._next:
+                return
+            self._next = now + self.interval
+            try:
+                with open(self.path) as f:
+                    token = f.read().strip()
+            except OSError as exc:
+                if force:
+                    raise
+                log.warning("k8s.token.read_failed", path=self.path, error=str(exc), keeping="the last token")
+                return
+            if not token:
+                if force:
+                    raise OSError(f"{self.path} is empty")
+                log.warning(
+                    "k8s.token.read_failed", path=self.path, error="empty file", keeping="the last token"
+                )
+                return
+            if token != self.token:
+                if self.token:
+                    log.info("k8s.token.rotated", path=self.path)
+                self.token = token
+            conf.api_key["BearerToken"] = "Bearer " + token
+            conf.api_key_prefix.pop("BearerToken", None)
 
 
 class Kube:
