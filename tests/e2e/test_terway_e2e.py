@@ -484,8 +484,11 @@ def test_an_exhausted_vswitch_turns_sufficient_ip_false_and_back(terway_node: Te
         print(f"SufficientIP True {time.monotonic() - failed_at:.1f}s after the fault was cleared")
         assert back.reason == "SufficientIP"
         assert back.last_transition_time > cond.last_transition_time
-        flips = [r["sufficient_ip"] for r in tn.agent.lines("k8s.node.condition")]
-        assert flips[-2:] == ["False", "True"], flips
+        # the log records the recovery (the still-pending pods may drive the node to its own
+        # instance limits afterwards, a later flip the API read above may precede)
+        records = tn.agent.lines("k8s.node.condition")
+        flips = [r["sufficient_ip"] for r in records]
+        assert "False" in flips and "True" in flips[flips.index("False") + 1:], records
     finally:
         admin.clear_faults()
         for p in core.list_namespaced_pod(tn.pods_ns).items:
