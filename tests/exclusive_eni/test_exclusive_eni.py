@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from agentkit import CNIRun, ns_run, unique, whoami, whoami_server
-from cloudnodes import SERVICE_CIDR, CloudCluster, Node, PodSandboxes, start_cluster
+from cloudnodes import SERVICE_CIDR, CloudCluster, Node, start_cluster
 
 import terway_mode_exclusive_eni as mode
 from terway_agent.datapath import _probe as probe
@@ -38,22 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudCluster]:
     )
     yield c
     c.stop()
-
-
-class Pods(PodSandboxes):
-    prefix = "twxp"
-
-    def add(self, node: Node, name: str | None = None, **kw: Any) -> tuple[str, CNIRun, str]:
-        ns, cid = self.sandbox(node)
-        r = node.agent.cni("ADD", cid, netns_path=netns.netns_path(ns), pod=("default", name or unique("x-")), **kw)
-        return ns, r, cid
-
-
-@pytest.fixture
-def pods() -> Iterator[Pods]:
-    p = Pods()
-    yield p
-    p.cleanup()
 
 
 def ip_of(r: CNIRun) -> str:

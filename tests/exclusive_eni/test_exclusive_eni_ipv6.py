@@ -19,8 +19,6 @@ from cloudnodes import (
     SERVICE_CIDR,
     SERVICE_CIDR6,
     CloudCluster,
-    Node,
-    PodSandboxes,
     eni_conf,
 )
 from cloudnodes import start_cluster as _start_cluster
@@ -54,22 +52,6 @@ def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudCluster]:
         yield c
     finally:
         c.stop()
-
-
-class Pods(PodSandboxes):
-    prefix = "twx6"
-
-    def add(self, node: Node, name: str | None = None, **kw: Any) -> tuple[str, CNIRun, str]:
-        ns, cid = self.sandbox(node)
-        r = node.agent.cni("ADD", cid, netns_path=netns.netns_path(ns), pod=("default", name or unique("x6-")), **kw)
-        return ns, r, cid
-
-
-@pytest.fixture
-def pods() -> Iterator[Pods]:
-    p = Pods()
-    yield p
-    p.cleanup()
 
 
 def ip_of(r: CNIRun, family: int) -> str:

@@ -17,13 +17,21 @@ pytestmark = pytest.mark.netns
 
 def _http(agent: Agent, path: str) -> tuple[int, str]:
     addr = json.loads(agent.run_cli("info", "--socket", agent.socket).stdout)["debug"]
+    return _http_at(agent, addr, path)
+
+
+def _http_at(agent: Agent, addr: str, path: str) -> tuple[int, str]:
+    """GET ``http://addr/path`` from inside the agent's node namespace: (status, body); status 0
+    when nothing listens."""
     code = f"""
-import urllib.request, urllib.error, sys
+import urllib.request, urllib.error
 try:
     r = urllib.request.urlopen('http://{addr}{path}', timeout=5)
     print(r.status); print(r.read().decode())
 except urllib.error.HTTPError as e:
     print(e.code); print(e.read().decode())
+except OSError as e:
+    print(0); print(e)
 """
     out = ns_run(agent.node_ns, "python3", "-c", code).stdout
     status, _, body = out.partition("\n")
@@ -196,21 +204,6 @@ def test_graceful_shutdown_drains_in_flight_requests(make_agent, make_pod_ns) ->
     a.start()
     assert [x["container_id"] for x in a.attachments()] == ["drain1"]
 
-
-def _http_at(agent: Agent, addr: str, path: str) -> tuple[int, str]:
-    code = f"""
-import urllib.request, urllib.error
-try:
-    r = urllib.request.urlopen('http://{addr}{path}', timeout=5)
-    print(r.status); print(r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code); print(e.read().decode())
-except OSError as e:
-    print(0); print(e)
-"""
-    out = ns_run(agent.node_ns, "python3", "-c", code).stdout
-    status, _, body = out.partition("\n")
-    return int(status), body
 
 
 def test_healthz_answers_during_a_slow_start_while_readyz_says_not_ready(make_agent) -> None:

@@ -181,7 +181,12 @@ def test_the_periodic_gc_pass_keeps_the_host_stack_rule(lc, pods) -> None:
     restart(node, gc_interval=1.0)
     pod_ns, veth, gone_ip = _vanished_pod(node, table)
     try:
-        wait_for(lambda: veth not in pod_objects(node.netns).veths, timeout=15, what="the periodic GC pass")
+        def cleaned() -> bool:  # the pass removes the veth, then the rules and the route: wait for all
+            objs = pod_objects(node.netns)
+            return veth not in objs.veths and not [r for r in objs.rules if gone_ip in (r[1], r[2])] and not [
+                r for r in objs.routes if r[0] == gone_ip]
+
+        wait_for(cleaned, timeout=15, what="the periodic GC pass")
         _assert_gone(node.netns, veth, gone_ip)
         after = pod_objects(node.netns)
         assert NODE_RULES <= after.rules, after.rules
