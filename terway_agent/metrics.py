@@ -23,3 +23,6 @@ MODE_INFO = Info("terway_mode", "The network mode this agent runs")
 CONFIG_RELOADS = Counter("terway_config_reloads_total", "Configuration reloads", ("result",))
 GC_REMOVED = Counter("terway_gc_removed_total", "Attachments removed by GC", ("trigger",))
 REPAIRS = Counter("terway_repairs_total", "Datapath objects re-created by repair")
+REPAIR_FAILED = Gauge(
+    "terway_repair_failed_objects", "Objects of live pods the last repair pass could not restore"
+)

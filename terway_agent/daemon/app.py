@@ -329,7 +329,7 @@ class Agent:
             reports = await self.service.repair()
         except Exception as exc:
             log.error("repair.failed", trigger=trigger, error=repr(exc))
-            self.service.repair_failures = (f"the repair pass itself ({exc})",)
+            self.service.repair_error = f"the repair pass failed ({exc})"
             return
         failed: list[str] = []
         for r in reports:
@@ -339,9 +339,10 @@ class Agent:
             if r.failed:
                 log.error("repair.incomplete", trigger=trigger, failed=list(r.failed))
                 failed.extend(r.failed)
-        if self.service.repair_failures and not failed:
+        metrics.REPAIR_FAILED.set(len(failed))
+        if self.service.repair_error:
             log.info("repair.recovered", trigger=trigger)
-        self.service.repair_failures = tuple(failed)
+            self.service.repair_error = ""
 
     async def _attachment_gone(self, att: Attachment) -> bool:
         """Its sandbox's netns is gone, or (Kubernetes) its pod is gone from the API."""

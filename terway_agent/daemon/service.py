@@ -104,8 +104,9 @@ class CNIService:
         self.draining = False
         #: called (in a worker thread) after each successful ADD
         self.on_attached: Callable[[], None] | None = None
-        #: objects the last repair pass could not restore (STATUS answers 51 while non-empty)
-        self.repair_failures: tuple[str, ...] = ()
+        #: why the last repair pass failed as a whole (STATUS answers 51 while set); objects of
+        #: single pods it could not restore are logged and counted, not a node-wide state
+        self.repair_error: str = ""
         #: called in the serving task after each successful ADD, with the
         #: request, the allocation and the seconds it took; must not block
         #: (e.g. queue work for a background task).
@@ -377,13 +378,13 @@ class CNIService:
         return None
 
     async def node_status(self) -> Status:
-        """The plugins' answer, made 51 while the last repair pass left objects of
-        live pods missing (those pods may have limited connectivity)."""
+        """The plugins' answer, made 51 while the repair pass itself fails: the agent
+        cannot keep existing pods' datapaths in place.  (One pod whose objects cannot
+        be restored -- its ENI or netns gone -- does not make the node unavailable:
+        the runtime would mark the node NotReady and evict every pod.)"""
         st = await self.host.status(self.ctx)
-        if self.repair_failures:
-            shown = "; ".join(self.repair_failures[:5])
-            more = f" (and {len(self.repair_failures) - 5} more)" if len(self.repair_failures) > 5 else ""
-            why = f"existing pods may have limited connectivity: the last repair pass could not restore {shown}{more}"
+        if self.repair_error:
+            why = f"existing pods may have limited connectivity: {self.repair_error}"
             return Status(51, f"{st.message}; {why}" if st.message else why)
         return st
 

@@ -994,7 +994,7 @@ class IPAM:
                 await self._orphan(info, report, ops)
         gone = [e for e in self._orphans if e not in view or view[e].status != _AVAILABLE]
         for eni_id in gone:
-            del self._orphans[eni_id]
+            self._orphans.pop(eni_id, None)  # a delete task may have dropped it during an await
             await self._store.acall(_db.set_orphan, self._store, eni_id, None)
 
     async def _orphan(self, info: Any, report: _Report, ops: trio.Nursery | None = None) -> None:

@@ -7,11 +7,13 @@ import ipaddress
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -407,18 +409,21 @@ from terway_agent.store import Store
 db, mac, first, other = sys.argv[1:5]
 ctx = ModeContext(mode=mode.MODE, node=NodeInfo(name="n1"), store=Store(Path(db)), state_dir=Path(db).parent,
                   config_getter=lambda: SimpleNamespace())
-out = {"first": trio.run(mode._home_name, ctx, mac, "")[0]}
+home = lambda at_setup: trio.run(lambda: mode._home_name(ctx, mac, "", at_setup=at_setup))[0]
+out = {"setup": home(True)}
 subprocess.run(["ip", "link", "set", first, "name", other], check=True)
-out["again"] = trio.run(mode._home_name, ctx, mac, "")[0]
-out["stored"] = ctx.store.kv_get(mode.MODE, "home/" + mac)
+out["teardown_after_rename"] = home(False)
+out["stored_then"] = ctx.store.kv_get(mode.MODE, "home/" + mac)
+out["setup_again"] = home(True)
+out["stored_last"] = ctx.store.kv_get(mode.MODE, "home/" + mac)
 print(json.dumps(out))
 """
 
 
-def test_the_home_name_is_remembered_once_and_never_overwritten(tmp_path) -> None:
-    """The NIC seen first as twxa0 is remembered as twxa0; when it later sits on
-    the node under another name (a NIC returned by a deleted namespace under a
-    kernel-chosen name), the remembered name is kept: it goes home as twxa0.
+def test_the_home_name_is_the_nics_name_at_setup_and_the_stored_one_at_teardown(tmp_path) -> None:
+    """At setup the NIC's current name on the node is its home (stored); on the
+    teardown path the stored name wins over a kernel-chosen one (a NIC returned
+    by a deleted namespace); the next setup stores the name it then has.
     Runs in a scratch namespace standing in for the node."""
     if os.geteuid() != 0:
         pytest.skip("needs root for a network namespace")
@@ -433,7 +438,39 @@ def test_the_home_name_is_remembered_once_and_never_overwritten(tmp_path) -> Non
     finally:
         netns.remove(ns)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[-1]) == {"first": "twxa0", "again": "twxa0", "stored": "twxa0"}
+    assert json.loads(r.stdout.splitlines()[-1]) == {
+        "setup": "twxa0", "teardown_after_rename": "twxa0", "stored_then": "twxa0",
+        "setup_again": "dev7", "stored_last": "dev7",
+    }
+
+
+def test_del_with_the_home_name_taken_by_another_device_goes_home_under_the_fallback_name(cluster, pods) -> None:
+    """After a reboot or a hot-plug the kernel may give the ENI's old name to
+    another NIC: DEL must still bring the NIC home (under its stable fallback
+    name), not fail forever on EEXIST."""
+    node = cluster.nodes[0]
+    ns, r, cid = pods.add(node)
+    assert r.rc == 0, r.stdout
+    mac = ns_run(ns, "cat", "/sys/class/net/eth0/address", check=True).stdout.strip()
+    db = sqlite3.connect(Path(node.agent.settings["state_dir"]) / "state.db")
+    (row,) = db.execute("SELECT value FROM kv WHERE plugin = 'exclusive_eni' AND key = ?", (f"home/{mac}",))
+    db.close()
+    home = json.loads(row[0])
+    ns_run(node.netns, "ip", "link", "add", home, "type", "veth", "peer", "name", unique("twxo"), check=True)
+    try:
+        d = node.agent.cni("DEL", cid, netns_path=netns.netns_path(ns))
+        assert d.rc == 0, d.stdout + d.stderr
+        fallback = "eni" + mac.replace(":", "")[-10:]
+        back = json.loads(ns_run(node.netns, "ip", "-j", "link", "show", "dev", fallback, check=True).stdout)[0]
+        assert back["address"] == mac and "UP" not in back["flags"]
+        assert cid not in {a["container_id"] for a in node.agent.attachments()}
+        assert "exclusive_eni.home_name.taken" in node.agent.log()
+        # the ENI serves the next pod: its home is now the name it has on the node
+        ns2, r2, cid2 = pods.add(node)
+        assert r2.rc == 0, r2.stdout
+        assert node.agent.cni("DEL", cid2, netns_path=netns.netns_path(ns2)).rc == 0
+    finally:
+        ns_run(node.netns, "ip", "link", "del", home)
 
 
 def test_check_reports_a_missing_masquerade_and_repair_restores_it(cluster, pods) -> None:

@@ -3,6 +3,7 @@ variables, so tests can kill the agent in the middle of a step.
 
 TW_SLOW_ALLOCATE / TW_SLOW_SETUP / TW_SLOW_START / TW_SLOW_TEARDOWN / TW_SLOW_RELEASE:
 seconds to sleep inside the hook (teardown and release sleep before doing their work).
+TW_REPAIR_FAIL_FILE: while this file exists, the repair pass fails as a whole.
 TW_EXCLUSIVITY: "shared" (default) or "exclusive".
 TW_MODE_NAME: the mode name (default "example").
 """
@@ -35,7 +36,6 @@ def terway_mode_info():
 terway_validate_config = base.terway_validate_config
 terway_check_link = base.terway_check_link
 terway_gc = base.terway_gc
-terway_repair = base.terway_repair
 
 
 @hookimpl
@@ -66,3 +66,11 @@ async def terway_teardown_link(ctx, request, allocation, link):
 async def terway_release(ctx, request, allocation):
     await trio.sleep(_delay("TW_SLOW_RELEASE"))
     await base.terway_release(ctx, request, allocation)
+
+
+@hookimpl
+async def terway_repair(ctx, live):
+    flag = os.environ.get("TW_REPAIR_FAIL_FILE")
+    if flag and os.path.exists(flag):
+        raise RuntimeError(f"repair cannot run ({flag} exists)")
+    return await base.terway_repair(ctx, live)

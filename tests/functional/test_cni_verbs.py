@@ -161,27 +161,58 @@ def test_status_when_agent_is_down_is_50(make_agent) -> None:
 
 
 
-def test_status_is_51_while_repair_cannot_restore_a_live_pod(make_agent, make_pod_ns) -> None:
+def test_a_pod_repair_cannot_restore_is_counted_but_leaves_the_node_available(make_agent, make_pod_ns) -> None:
     """A pod whose network namespace was torn down under its bind mount (the
     file stays, the namespace and its veth are gone): repair cannot re-create
-    its datapath, so STATUS says existing pods may have limited connectivity."""
+    its datapath.  That is logged and counted, but STATUS stays 0 -- a runtime
+    turns a STATUS error into a NotReady node, evicting every pod for one."""
     a = make_agent(repair_interval=1.0)
     a.start()
     ns = make_pod_ns()
     assert a.cni("ADD", "rep51", netns_path=ns, pod=("default", "rep51")).rc == 0
-    assert a.cni("STATUS", conf=a.conf("1.1.0")).rc == 0
     subprocess.run(["umount", ns], check=True)  # the handle file remains; the namespace is destroyed
+
+    def failed_objects() -> float:
+        body = _metrics(a)
+        return float(next(ln.split()[-1] for ln in body.splitlines() if ln.startswith("terway_repair_failed_objects ")))
+
+    deadline = time.monotonic() + 10
+    while failed_objects() != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert failed_objects() == 1
+    assert "repair.incomplete" in a.log() and "default/rep51" in a.log()
+    assert a.cni("STATUS", conf=a.conf("1.1.0")).rc == 0
+    # the runtime deletes the pod: nothing is left to repair
+    assert a.cni("DEL", "rep51", netns_path=ns).rc == 0
+    deadline = time.monotonic() + 10
+    while failed_objects() != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert failed_objects() == 0
+
+
+def test_status_is_51_while_the_repair_pass_fails(make_agent, make_pod_ns, tmp_path) -> None:
+    flag = tmp_path / "repair-broken"
+    a = make_agent(inline="slow_example", env={"TW_REPAIR_FAIL_FILE": str(flag)}, repair_interval=1.0)
+    a.start()
+    assert a.cni("ADD", "rp1", netns_path=make_pod_ns(), pod=("default", "rp1")).rc == 0
+    flag.touch()
     deadline = time.monotonic() + 10
     while (r := a.cni("STATUS", conf=a.conf("1.1.0"))).rc == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert r.rc == 1 and r.code == 51, r.stdout
-    assert "default/rep51" in r.out["msg"] and "limited connectivity" in r.out["msg"]
-    # the runtime deletes the pod: nothing is left to repair and the node is available again
-    assert a.cni("DEL", "rep51", netns_path=ns).rc == 0
+    assert "limited connectivity" in r.out["msg"] and "repair pass failed" in r.out["msg"]
+    flag.unlink()
     deadline = time.monotonic() + 10
     while (r := a.cni("STATUS", conf=a.conf("1.1.0"))).rc != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert r.rc == 0, r.stdout
+    assert "repair.recovered" in a.log()
+
+
+def _metrics(agent: Agent) -> str:
+    addr = json.loads(agent.run_cli("info", "--socket", agent.socket).stdout)["debug"]
+    code = f"import urllib.request; print(urllib.request.urlopen('http://{addr}/metrics', timeout=5).read().decode())"
+    return ns_run(agent.node_ns, "python3", "-c", code).stdout
 
 
 def test_gc_removes_attachments_not_listed(agent: Agent, make_pod_ns) -> None:

@@ -132,26 +132,50 @@ def _locate(mac: str, pod_netns: str) -> tuple[str | None, int | None]:
     return link.name, link.mtu
 
 
-async def _home_name(ctx: ModeContext, mac: str, pod_netns: str) -> tuple[str, int | None]:
+async def _home_name(ctx: ModeContext, mac: str, pod_netns: str, *, at_setup: bool) -> tuple[str, int | None]:
     """The ENI's name on the node and its current MTU.
 
-    The name is remembered in the store the first time the NIC is seen on the
-    node, before it ever moves, and never overwritten afterwards: a NIC that
-    comes back under another name (a physical NIC returned by a deleted netns
-    under a kernel-chosen name, a half-done rename) still goes home under its
-    original name."""
+    At setup the NIC normally sits on the node: its current name *is* its home
+    (names change across reboots and hot-plugs) and is stored before the NIC
+    moves, so a crash at any later step still returns it under that name.  On
+    the teardown path (an attachment whose link was never recorded) the stored
+    name wins over whatever name the NIC has now (a physical NIC returned by a
+    deleted netns comes back under a kernel-chosen name)."""
     key = f"home/{mac}"
     remembered = await ctx.store.acall(ctx.store.kv_get, MODE, key)
     found, mtu = await ctx.run_sync(_locate, mac, pod_netns)
+    if found is not None and (at_setup or not remembered):
+        if found != remembered:
+            await ctx.store.acall(ctx.store.kv_put, MODE, key, found)
+        return found, mtu
     if remembered:
         if found is not None and found != remembered:
             log.info("exclusive_eni.home_name.kept", mac=mac, remembered=remembered, current=found)
         return remembered, mtu
-    if found is not None:
-        await ctx.store.acall(ctx.store.kv_put, MODE, key, found)
-        return found, mtu
     # In the pod already and never recorded (state from another agent version): a stable name.
-    return "eni" + mac.replace(":", "")[-10:], mtu
+    return _fallback_name(mac), mtu
+
+
+def _fallback_name(mac: str) -> str:
+    return "eni" + mac.replace(":", "")[-10:]
+
+
+def _usable_home(mac: str, home: str) -> str:
+    """``home``, unless another device (another MAC) holds that name on the node
+    now -- after a reboot or a hot-plug the kernel may have given it away: then
+    the NIC goes home under its stable fallback name instead of failing forever."""
+    other = dp.get_link(home)
+    if other is None or not other.mac or other.mac.lower() == mac.lower():
+        return home
+    fallback = _fallback_name(mac)
+    log.warning("exclusive_eni.home_name.taken", mac=mac, home=home, holder_mac=other.mac, using=fallback)
+    return fallback
+
+
+def _with_home(plan: dp.Plan, home: str) -> dp.Plan:
+    return dp.Plan(tuple(
+        replace(o, home_name=home) if isinstance(o, dp.MovedLink) else o for o in plan.objects
+    ))
 
 
 def _node_ip6s(primary_mac: str) -> list[str]:
@@ -223,7 +247,7 @@ async def _build(
 
 @hookimpl
 async def terway_setup_link(ctx: ModeContext, request: PodRequest, allocation: Allocation) -> LinkResult:
-    home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns)
+    home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns, at_setup=True)
     _crash_point("home_stored")
     stages = _stages(ctx, request, allocation, home, eni_mtu, await _node_ip6(ctx, allocation))
     plan = _whole(stages)
@@ -321,11 +345,15 @@ async def terway_teardown_link(
     else:
         # The agent died before recording the link: the NIC may be anywhere; find it by MAC.
         try:
-            home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns)
+            home, eni_mtu = await _home_name(ctx, allocation.mac, request.netns, at_setup=False)
         except NotFound as exc:
             await _mark_lost(ctx, request, allocation, str(exc))
             return
         plan = await _build(ctx, request, allocation, home, eni_mtu)
+    if home:
+        usable = await ctx.run_sync(_usable_home, allocation.mac, home)
+        if usable != home:
+            home, plan = usable, _with_home(plan, usable)
     # remove() moves the NIC back to the node under its original name, down,
     # wherever it is (also when the pod's netns is already gone: the kernel
     # returns a physical NIC to the initial namespace, where we find it by MAC).
