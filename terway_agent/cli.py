@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from terway_agent.errors import TerwayError
+from terway_agent.errors import TerwayError, terway_error_in
 
 
 def _settings_from_args(args: argparse.Namespace) -> Any:
@@ -110,18 +110,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def terway_error_in(exc: BaseException) -> TerwayError | None:
-    """The TerwayError inside ``exc`` (possibly nested in exception groups), if any."""
-    if isinstance(exc, TerwayError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = terway_error_in(sub)
-            if found is not None:
-                return found
-    return None
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

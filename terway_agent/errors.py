@@ -136,3 +136,15 @@ def _short_repr(value: Any, limit: int = 120) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def terway_error_in(exc: BaseException) -> TerwayError | None:
+    """The TerwayError inside ``exc`` (possibly nested in exception groups), if any."""
+    if isinstance(exc, TerwayError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = terway_error_in(sub)
+            if found is not None:
+                return found
+    return None

@@ -221,6 +221,19 @@ class SimAgent:
         return CNIRun(p.returncode, out, text, p.stderr.decode())
 
 
+def workdir_settings(workdir: Path) -> dict[str, Any]:
+    """The settings that put an agent's files under ``workdir`` (socket, lock, state,
+    conflist), with a debug endpoint on a free port and a fast config reload."""
+    return {
+        "socket_path": str(workdir / "run" / "eni.socket"),
+        "lock_path": str(workdir / "run" / "terwayd.lock"),
+        "state_dir": str(workdir / "state"),
+        "cni_conf_dir": str(workdir / "net.d"),
+        "debug_listen": "127.0.0.1:0",
+        "reload_interval": 0.2,
+    }
+
+
 def base_settings(workdir: Path, **over: Any) -> dict[str, Any]:
     eni = workdir / "eni_conf"
     if not eni.exists():
@@ -229,12 +242,7 @@ def base_settings(workdir: Path, **over: Any) -> dict[str, Any]:
         "node_name": "functional",
         "mode": "example",
         "eni_conf_path": str(eni),
-        "socket_path": str(workdir / "run" / "eni.socket"),
-        "lock_path": str(workdir / "run" / "terwayd.lock"),
-        "state_dir": str(workdir / "state"),
-        "cni_conf_dir": str(workdir / "net.d"),
-        "debug_listen": "127.0.0.1:0",
-        "reload_interval": 0.2,
+        **workdir_settings(workdir),
         "plugin_config": {"example": {"subnet": "10.250.0.0/24"}},
     }
     s.update(over)

@@ -60,6 +60,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
+#: a take the store refuses is retried this often (with the view rebuilt from the store) per call
+TAKE_ATTEMPTS = 3
+#: what a take attempt returns when the store refused it (see :meth:`IPAM._take`)
+STORE_REFUSED = object()
+
 #: Tags put on every ENI a pool creates, besides the client's ``creator=terway``.
 TAG_INSTANCE = "instance-id"
 TAG_NODE = "node-name"
@@ -619,6 +624,25 @@ class IPAM:
 
     def _slot_capacity(self) -> int:
         raise NotImplementedError
+
+    async def _take(self, owner: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """Serve ``owner``: ``attempt`` returns a lease, ``None`` (nothing idle: wait for a
+        refill) or :data:`STORE_REFUSED` (the store refused the take and the view was rebuilt
+        from its rows: pick again, a few times).  Refills below ``min_pool_size`` afterwards."""
+
+        async def take() -> Any:
+            for _attempt in range(TAKE_ATTEMPTS):
+                got = await attempt()
+                if got is not STORE_REFUSED:
+                    return got
+            raise TemporaryError(
+                f"the pool's view disagreed with the store {TAKE_ATTEMPTS} times in a row; try again"
+            )
+
+        lease = await self._acquire(owner, take)
+        if self._usable_slots(self._now()) + self._promised < self.conf.min_pool_size:
+            self._kick()
+        return lease
 
     async def _acquire(self, owner: str, take: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``take`` until it returns a lease, waiting for refills in between."""

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from terway_agent.errors import TemporaryError
 from terway_agent.log import get_logger
 
 from . import _db, _metrics
-from ._base import IPAM, _owner_ok, is_eni_quota, is_ip_not_enough_vswitch
+from ._base import IPAM, STORE_REFUSED, _owner_ok, is_eni_quota, is_ip_not_enough_vswitch
 from ._model import Eni
 from ._types import EniLease
 
@@ -24,9 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from terway_agent.types import PodRef
 
 log = get_logger(__name__)
-
-#: a take the store refuses is retried this often (with the view rebuilt from the store) per call
-_TAKE_ATTEMPTS = 3
 
 
 class ExclusivePool(IPAM):
@@ -82,31 +78,23 @@ class ExclusivePool(IPAM):
         await self._ensure_loaded()
         pod_key = pod.key
 
-        async def take() -> EniLease | None:
-            for _attempt in range(_TAKE_ATTEMPTS):
-                eni = self._owned_eni(owner)
-                if eni is not None:
-                    return self._lease_of(eni)
-                now = self._now()
-                cands = [e for e in self._idle() if not self._cooling(e, now)]
-                if self.need6:
-                    cands = [e for e in cands if e.family(6)]
-                if not cands:
-                    return None
-                cands.sort(
-                    key=lambda e: (e.released_at is not None, e.released_at or 0.0, e.device_index or 0)
-                )
-                eni = cands[0]
-                if await self._commit_take(eni, owner, pod_key, now):
-                    return self._taken(eni, owner, pod_key, now)
-            raise TemporaryError(
-                f"the pool's view disagreed with the store {_TAKE_ATTEMPTS} times in a row; try again"
-            )
+        async def attempt() -> EniLease | object | None:
+            eni = self._owned_eni(owner)
+            if eni is not None:
+                return self._lease_of(eni)
+            now = self._now()
+            cands = [e for e in self._idle() if not self._cooling(e, now)]
+            if self.need6:
+                cands = [e for e in cands if e.family(6)]
+            if not cands:
+                return None
+            cands.sort(key=lambda e: (e.released_at is not None, e.released_at or 0.0, e.device_index or 0))
+            eni = cands[0]
+            if await self._commit_take(eni, owner, pod_key, now):
+                return self._taken(eni, owner, pod_key, now)
+            return STORE_REFUSED
 
-        lease = await self._acquire(owner, take)
-        if self._usable_slots(self._now()) + self._promised < self.conf.min_pool_size:
-            self._kick()
-        return lease
+        return await self._take(owner, attempt)
 
     async def _commit_take(self, eni: Eni, owner: str, pod_key: str, now: float) -> bool:
         """Commit ``owner``'s take of ``eni``; ``False`` when the store refused (the ENI's view

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from terway_agent.errors import TemporaryError
 from terway_agent.log import get_logger
 
 from . import _db, _metrics
 from ._base import (
     IPAM,
+    STORE_REFUSED,
     _owner_ok,
     ceil_div,
     is_eni_quota,
@@ -32,9 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from terway_agent.types import PodRef
 
 log = get_logger(__name__)
-
-#: a take the store refuses is retried this often (with the view rebuilt from the store) per call
-_TAKE_ATTEMPTS = 3
 
 
 class SharedPool(IPAM):
@@ -179,25 +176,19 @@ class SharedPool(IPAM):
         await self._ensure_loaded()
         pod_key = pod.key
 
-        async def take() -> IPLease | None:
-            for _attempt in range(_TAKE_ATTEMPTS):
-                lease = self._lease_now(owner)
-                if lease is not None:
-                    return lease
-                pick = self._pick(pod_key, sticky)
-                if pick is None:
-                    return None
-                eni, chosen = pick
-                if await self._commit_take(owner, pod_key, chosen):
-                    return self._taken(owner, pod_key, eni, chosen)
-            raise TemporaryError(
-                f"the pool's view disagreed with the store {_TAKE_ATTEMPTS} times in a row; try again"
-            )
+        async def attempt() -> IPLease | object | None:
+            lease = self._lease_now(owner)
+            if lease is not None:
+                return lease
+            pick = self._pick(pod_key, sticky)
+            if pick is None:
+                return None
+            eni, chosen = pick
+            if await self._commit_take(owner, pod_key, chosen):
+                return self._taken(owner, pod_key, eni, chosen)
+            return STORE_REFUSED
 
-        lease = await self._acquire(owner, take)
-        if self._usable_slots(self._now()) + self._promised < self.conf.min_pool_size:
-            self._kick()
-        return lease
+        return await self._take(owner, attempt)
 
     async def _commit_take(self, owner: str, pod_key: str, chosen: list[Ip]) -> bool:
         """Commit ``owner``'s take of ``chosen``; ``False`` when the store refused (the view

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from terway_agent.errors import AllocationError, ConfigError
+from terway_agent.types import Allocation, IPAssignment
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class IPLease:
     ipv6: str | None
     eni: EniRef
 
+    def allocation(
+        self, kind: str, *, service_cidrs: tuple[str, ...] = (), extra: Mapping[str, Any] | None = None
+    ) -> Allocation:
+        """The :class:`~terway_agent.types.Allocation` a mode returns for this lease: the
+        addresses with their vSwitch prefix and gateway, and the ENI to route through."""
+        return _allocation(self.ipv4, self.ipv6, self.eni, kind, service_cidrs, extra)
+
 
 @dataclass(frozen=True)
 class EniLease:
@@ -72,6 +80,13 @@ class EniLease:
     eni: EniRef
     ipv4: str | None
     ipv6: str | None
+
+    def allocation(
+        self, kind: str, *, service_cidrs: tuple[str, ...] = (), extra: Mapping[str, Any] | None = None
+    ) -> Allocation:
+        """The :class:`~terway_agent.types.Allocation` a mode returns for this lease: the
+        addresses with their vSwitch prefix and gateway, and the ENI to route through."""
+        return _allocation(self.ipv4, self.ipv6, self.eni, kind, service_cidrs, extra)
 
 
 @dataclass(frozen=True)
@@ -214,3 +229,19 @@ class VSwitchesExhausted(AllocationInhibited):
 
 class PoolCapacityReached(AllocationError):
     """Every address this node's instance type allows (or ``max_eni`` permits) is in use."""
+
+
+def _allocation(
+    ipv4: str | None, ipv6: str | None, eni: EniRef, kind: str,
+    service_cidrs: tuple[str, ...], extra: Mapping[str, Any] | None,
+) -> Allocation:
+    return Allocation(
+        kind=kind,
+        ipv4=IPAssignment.in_subnet(ipv4, eni.cidr4, eni.gateway4) if ipv4 else None,
+        ipv6=IPAssignment.in_subnet(ipv6, eni.cidr6, eni.gateway6) if ipv6 else None,
+        eni_id=eni.eni_id,
+        mac=eni.mac,
+        vswitch_id=eni.vswitch_id,
+        service_cidrs=tuple(service_cidrs),
+        extra=dict(extra or {}),
+    )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from terway_agent.config import AgentConfig, Settings
-from terway_agent.errors import ConfigError, PermanentError, TerwayError
+from terway_agent.errors import ConfigError, PermanentError, terway_error_in
 from terway_agent.k8s import _access
 from terway_agent.k8s._client import Kube, KubeError, Tuning, load_api_client
 from terway_agent.k8s._events import EventWriter
@@ -274,20 +274,9 @@ async def run_agent(
         try:
             await agent.run(task_status=task_status)
         except Exception as exc:
-            err = _terway_error_in(exc)
+            err = terway_error_in(exc)
             if isinstance(err, ConfigError):
                 kube.record_node_event("ConfigError", err.message)
             elif err is not None and not isinstance(err, KubeError):
                 kube.record_node_event("AgentFailed", err.message)
             raise
-
-
-def _terway_error_in(exc: BaseException) -> TerwayError | None:
-    if isinstance(exc, TerwayError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = _terway_error_in(sub)
-            if found is not None:
-                return found
-    return None

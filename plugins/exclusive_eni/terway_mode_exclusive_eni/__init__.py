@@ -26,7 +26,6 @@ from terway_agent.plugin import (
     DatapathError,
     FeatureNotSupported,
     InstanceLimits,
-    IPAssignment,
     LinkResult,
     ModeContext,
     ModeInfo,
@@ -95,16 +94,10 @@ def terway_mode_info() -> ModeInfo:
 @hookimpl
 async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
     lease = await ctx.require_ipam().allocate_eni(request.owner, request.pod)
-    eni = lease.eni
-    return Allocation(
-        kind="eni",
-        ipv4=IPAssignment.in_subnet(lease.ipv4, eni.cidr4, eni.gateway4) if lease.ipv4 else None,
-        ipv6=IPAssignment.in_subnet(lease.ipv6, eni.cidr6, eni.gateway6) if lease.ipv6 else None,
-        eni_id=eni.eni_id,
-        mac=eni.mac,
-        vswitch_id=eni.vswitch_id,
+    return lease.allocation(
+        "eni",
         service_cidrs=tuple(ctx.config.eni.service_cidr),
-        extra={"cidr4": eni.cidr4, "cidr6": eni.cidr6},
+        extra={"cidr4": lease.eni.cidr4, "cidr6": lease.eni.cidr6},
     )
 
 

@@ -25,7 +25,6 @@ from terway_agent.plugin import (
     CNIInterface,
     CNIRoute,
     InstanceLimits,
-    IPAssignment,
     LinkResult,
     ModeContext,
     ModeInfo,
@@ -73,18 +72,9 @@ def _sticky(ctx: ModeContext, request: PodRequest) -> bool:
 
 @hookimpl
 async def terway_allocate(ctx: ModeContext, request: PodRequest) -> Allocation:
-    lease = await ctx.require_ipam().allocate_ips(request.owner, request.pod, sticky=_sticky(ctx, request))
-    eni = lease.eni
-    return Allocation(
-        kind="eni_ip",
-        ipv4=IPAssignment.in_subnet(lease.ipv4, eni.cidr4, eni.gateway4) if lease.ipv4 else None,
-        ipv6=IPAssignment.in_subnet(lease.ipv6, eni.cidr6, eni.gateway6) if lease.ipv6 else None,
-        eni_id=eni.eni_id,
-        mac=eni.mac,
-        vswitch_id=eni.vswitch_id,
-        service_cidrs=tuple(ctx.config.eni.service_cidr),
-        extra={"sticky": _sticky(ctx, request)},
-    )
+    sticky = _sticky(ctx, request)
+    lease = await ctx.require_ipam().allocate_ips(request.owner, request.pod, sticky=sticky)
+    return lease.allocation("eni_ip", service_cidrs=tuple(ctx.config.eni.service_cidr), extra={"sticky": sticky})
 
 
 @hookimpl
