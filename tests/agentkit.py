@@ -16,6 +16,7 @@ from terway_agent.sim import (  # noqa: F401 - re-exported for the suites
     unique,
     whoami,
     whoami_server,
+    workdir_settings,
 )
 
 RUNNER = Path(__file__).resolve().parent / "functional" / "_runner.py"
@@ -28,3 +29,26 @@ class Agent(SimAgent):
                  env: dict[str, str] | None = None) -> None:
         prefix = [sys.executable, str(RUNNER), inline] if inline else None
         super().__init__(workdir, node_ns, settings, command_prefix=prefix, env=env or {})
+
+
+def run_agent_process(argv: list[str], make_agent: Any) -> int:
+    """The body of a test runner script: settings from ``terway-agent run`` arguments
+    (``argv``), JSON logs, ``make_agent(settings)`` run to the end; a TerwayError that
+    stops it is printed and exits 2, as ``terway-agent run`` does."""
+    import trio
+
+    from terway_agent import log
+    from terway_agent.cli import _settings_from_args, build_parser
+    from terway_agent.errors import terway_error_in
+
+    settings, _warnings = _settings_from_args(build_parser().parse_args(["run", *argv]))
+    log.configure(settings.log_level, json=True)
+    try:
+        trio.run(make_agent(settings).run)
+    except BaseException as exc:
+        err = terway_error_in(exc)
+        if err is None:
+            raise
+        print(f"terway-agent: {err.message}", file=sys.stderr)
+        return 2
+    return 0

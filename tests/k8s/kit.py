@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from agentkit import Agent
+from agentkit import Agent, workdir_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "tools"))
@@ -313,12 +313,7 @@ def settings_for(
         "node_name": node,
         "use_kubernetes": True,
         "kubeconfig": str(kubeconfig),
-        "socket_path": str(workdir / "run" / "eni.socket"),
-        "lock_path": str(workdir / "run" / "terwayd.lock"),
-        "state_dir": str(workdir / "state"),
-        "cni_conf_dir": str(workdir / "net.d"),
-        "debug_listen": "127.0.0.1:0",
-        "reload_interval": 0.2,
+        **workdir_settings(workdir),
         "log_level": "info",
         "plugin_config": {
             "example": {"subnet": "10.251.0.0/24"},

@@ -17,9 +17,10 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from terway_agent import log  # noqa: E402
-from terway_agent.cli import _settings_from_args, build_parser, terway_error_in  # noqa: E402
+from agentkit import run_agent_process  # noqa: E402
+
 from terway_agent.daemon.app import Agent  # noqa: E402
 from terway_agent.daemon.service import PodInfo  # noqa: E402
 from terway_agent.types import PodRef  # noqa: E402
@@ -27,24 +28,13 @@ from terway_agent.types import PodRef  # noqa: E402
 
 def main() -> int:
     pods_file = Path(sys.argv[1])
-    args = build_parser().parse_args(["run", *sys.argv[2:]])
-    settings, _warnings = _settings_from_args(args)
-    log.configure(settings.log_level, json=True)
 
     async def pod_lookup(ref: PodRef) -> PodInfo | None:
         pods = json.loads(await trio.to_thread.run_sync(pods_file.read_text))
         annotations = pods.get(f"{ref.namespace}/{ref.name}")
         return None if annotations is None else PodInfo(annotations=annotations)
 
-    try:
-        trio.run(Agent(settings, pod_lookup=pod_lookup).run)
-    except BaseException as exc:
-        err = terway_error_in(exc)
-        if err is None:
-            raise
-        print(f"terway-agent: {err.message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_agent_process(sys.argv[2:], lambda settings: Agent(settings, pod_lookup=pod_lookup))
 
 
 if __name__ == "__main__":
